@@ -1,0 +1,1 @@
+"""Inspection of tool calls: what a call does, before anyone decides on it."""

@@ -1,0 +1,83 @@
+"""Results of inspecting a call: plain values the policy engine matches against."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class SqlKind(StrEnum):
+    """The exact kind of a SQL statement, as the policy's `sql_kind` names it."""
+
+    SELECT = "select"
+    INSERT = "insert"
+    UPDATE = "update"
+    DELETE = "delete"
+    MERGE = "merge"
+    DDL = "ddl"
+    PRIVILEGE = "privilege"
+    SESSION = "session"
+    TRANSACTION = "transaction"
+    COPY = "copy"
+    EXPLAIN = "explain"
+    CALL = "call"
+    OTHER = "other"
+
+
+class Risk(StrEnum):
+    """Risk flags, as the policy's `sql_risk` names them."""
+
+    UNPARSEABLE = "unparseable"
+    MULTI_STATEMENT = "multi_statement"
+    NO_WHERE = "no_where"
+    WRITE_IN_CTE = "write_in_cte"
+    SELECT_INTO = "select_into"
+    LOCKING = "locking"
+    DANGEROUS_FUNCTION = "dangerous_function"
+    UNKNOWN_FUNCTION = "unknown_function"
+    SYSTEM_CATALOG = "system_catalog"
+    SENSITIVE_PREDICATE = "sensitive_predicate"
+
+
+@dataclass(frozen=True, slots=True)
+class SqlInspection:
+    """What one piece of SQL text does.
+
+    `kind` is the strictest kind over all statements (a write outranks a read), so a
+    multi-statement text is never classified by its first statement alone. `kinds` lists each
+    statement's kind in order. Names are lower-case as PostgreSQL folds unquoted identifiers;
+    relations are schema-qualified (`public.users`) when the text qualifies them, and carry
+    the schema the gateway's fixed search_path resolves them to otherwise.
+    """
+
+    text: str
+    kind: SqlKind
+    kinds: tuple[SqlKind, ...] = ()
+    statement_count: int = 0
+    relations_read: frozenset[str] = frozenset()
+    relations_written: frozenset[str] = frozenset()
+    columns: frozenset[str] = frozenset()
+    functions: frozenset[str] = frozenset()
+    risks: frozenset[Risk] = frozenset()
+    error: str | None = None
+    details: tuple[str, ...] = ()
+
+    @property
+    def relations(self) -> frozenset[str]:
+        """Every relation the text touches, read or written."""
+        return self.relations_read | self.relations_written
+
+
+@dataclass(frozen=True, slots=True)
+class Inspection:
+    """Everything the gateway learned about a call before deciding on it."""
+
+    sql: SqlInspection | None = None
+    estimated_rows: int | None = None
+    extra_risks: frozenset[str] = field(default_factory=frozenset)
+
+    @property
+    def risks(self) -> frozenset[str]:
+        """All risk flags: the SQL's and any added by later stages (lineage, catalog)."""
+        base = frozenset(str(r) for r in self.sql.risks) if self.sql else frozenset()
+        return base | self.extra_risks
