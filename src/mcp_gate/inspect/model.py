@@ -69,15 +69,30 @@ class SqlInspection:
 
 
 @dataclass(frozen=True, slots=True)
+class AwsInspection:
+    """What an AWS-bearing call does: IAM actions, their access levels, and resources."""
+
+    actions: frozenset[str] = frozenset()
+    access: frozenset[str] = frozenset()
+    resources: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
 class Inspection:
-    """Everything the gateway learned about a call before deciding on it."""
+    """Everything the gateway learned about a call before deciding on it.
+
+    `columns` holds the resolved base columns (`schema.table.column`) once lineage has run,
+    None before; `extra_risks` holds flags added by stages after classification.
+    """
 
     sql: SqlInspection | None = None
+    aws: AwsInspection | None = None
     estimated_rows: int | None = None
+    columns: frozenset[str] | None = None
     extra_risks: frozenset[str] = field(default_factory=frozenset)
 
     @property
     def risks(self) -> frozenset[str]:
         """All risk flags: the SQL's and any added by later stages (lineage, catalog)."""
-        base = frozenset(str(r) for r in self.sql.risks) if self.sql else frozenset()
-        return base | self.extra_risks
+        base: frozenset[str] = self.sql.risks if self.sql else frozenset()
+        return base | self.extra_risks if self.extra_risks else base

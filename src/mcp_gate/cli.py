@@ -1,0 +1,122 @@
+"""The `mcp-gate` command line: argument parsing only; the work lives in the packages."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from mcp_gate import __version__
+from mcp_gate.policy import commands as policy_commands
+
+app = typer.Typer(
+    name="mcp-gate",
+    help="A security gateway between AI agents (MCP clients) and your databases: per-call "
+    "policy, human approvals, column masking and audit.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+policy_app = typer.Typer(
+    help="Check a policies.toml and try calls against it.", no_args_is_help=True
+)
+app.add_typer(policy_app, name="policy")
+
+_out = Console()
+_err = Console(stderr=True)
+
+
+class Verdict(StrEnum):
+    allow = "allow"
+    review = "review"
+    deny = "deny"
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"mcp-gate {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    """mcp-gate: inspect, decide, approve, mask and record every MCP tool call."""
+
+
+PolicyPath = Annotated[
+    Path,
+    typer.Argument(help="The policy file.", show_default=True),
+]
+
+
+@policy_app.command("check")
+def policy_check(file: PolicyPath = Path("policies.toml")) -> None:
+    """Validate a policy file. Exit 0 when valid; 2 with each problem's file, line and key."""
+    raise typer.Exit(policy_commands.check(file, _out, _err))
+
+
+@policy_app.command("test")
+def policy_test(
+    file: PolicyPath = Path("policies.toml"),
+    sql: Annotated[
+        str | None, typer.Option("--sql", help="SQL text, judged as a call of sql_query.")
+    ] = None,
+    tool: Annotated[
+        str | None, typer.Option("--tool", help="A tool name, for calls that are not SQL.")
+    ] = None,
+    args: Annotated[
+        str | None,
+        typer.Option("--args", help="The tool's arguments as a JSON object.", metavar="JSON"),
+    ] = None,
+    connection: Annotated[
+        str | None, typer.Option("--connection", "-c", help="The connection the call targets.")
+    ] = None,
+    upstream: Annotated[
+        str, typer.Option("--upstream", help="The upstream serving --tool.")
+    ] = "builtin",
+    subject: Annotated[
+        str, typer.Option("--as", help="The caller's subject (who is asking).")
+    ] = "policy-test",
+    groups: Annotated[
+        str, typer.Option("--groups", help="The caller's groups, comma-separated.")
+    ] = "",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+    expect: Annotated[
+        Verdict | None,
+        typer.Option("--expect", help="Exit 1 unless the decision is this (for CI checks)."),
+    ] = None,
+) -> None:
+    """Show how the gateway would inspect and decide one call, and which rules decide it.
+
+    Examples:
+
+      mcp-gate policy test --sql "DELETE FROM orders"
+
+      mcp-gate policy test --sql "UPDATE orders SET status='x' WHERE id=1" --as alice --groups dba
+
+      mcp-gate policy test --tool read_file --upstream fs --args '{"path": "/etc/passwd"}'
+    """
+    raise typer.Exit(
+        policy_commands.test(
+            file,
+            sql=sql,
+            tool=tool,
+            arguments=args,
+            connection=connection,
+            upstream=upstream,
+            subject=subject,
+            groups=[g.strip() for g in groups.split(",")],
+            as_json=as_json,
+            expect=expect.value if expect else None,
+            out=_out,
+            err=_err,
+        )
+    )

@@ -1,0 +1,83 @@
+"""`mcp-gate policy check|test`: the work behind the commands, returning exit codes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from mcp_gate.calls import Principal, ToolCall
+from mcp_gate.inspect.toolcall import inspect_call
+from mcp_gate.policy.loader import LoadedPolicy, PolicyError, load_policy
+from mcp_gate.policy.report import print_check, print_problems, print_test, test_result_to_dict
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+def _load(path: Path, err: Console) -> LoadedPolicy | None:
+    try:
+        return load_policy(path)
+    except PolicyError as exc:
+        print_problems(err, exc)
+        return None
+
+
+def check(path: Path, out: Console, err: Console) -> int:
+    """Validate a policy file: 0 when valid, 2 with every located problem otherwise."""
+    policy = _load(path, err)
+    if policy is None:
+        return EXIT_USAGE
+    print_check(out, policy)
+    return EXIT_OK
+
+
+def test(
+    path: Path,
+    *,
+    sql: str | None,
+    tool: str | None,
+    arguments: str | None,
+    connection: str | None,
+    upstream: str,
+    subject: str,
+    groups: list[str],
+    as_json: bool,
+    expect: str | None,
+    out: Console,
+    err: Console,
+) -> int:
+    """Inspect and decide one call as the gateway would; print why."""
+    if (sql is None) == (tool is None):
+        err.print("[red]give exactly one of --sql or --tool[/]")
+        return EXIT_USAGE
+    args: dict[str, Any] = {}
+    if arguments is not None:
+        try:
+            parsed = json.loads(arguments)
+        except json.JSONDecodeError as exc:
+            err.print(f"[red]--args is not valid JSON: {exc.msg} (column {exc.colno})[/]")
+            return EXIT_USAGE
+        if not isinstance(parsed, dict):
+            err.print("[red]--args must be a JSON object, e.g. '{\"path\": \"/tmp\"}'[/]")
+            return EXIT_USAGE
+        args = parsed
+    policy = _load(path, err)
+    if policy is None:
+        return EXIT_USAGE
+    if sql is not None:
+        call = ToolCall("sql_query", {"sql": sql, **args}, "builtin", connection)
+    else:
+        call = ToolCall(tool or "", args, upstream, connection)
+    principal = Principal(subject, frozenset(g for g in groups if g))
+    inspection = inspect_call(call)
+    decision = policy.engine.decide(principal, call, inspection)
+    if as_json:
+        out.print_json(json.dumps(test_result_to_dict(principal, call, inspection, decision)))
+    else:
+        print_test(out, call, inspection, decision)
+    if expect is not None and expect != decision.decision:
+        err.print(f"[red]expected {expect}, got {decision.decision}[/]")
+        return EXIT_FAILURE
+    return EXIT_OK
