@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from mcp_gate.policy import PolicyError, load_policy, parse_policy
-from mcp_gate.policy.locate import key_lines
+from mcp_gate.toml_lines import key_lines
 from mcp_gate.policy.model import parse_duration
 
 ROOT = Path(__file__).resolve().parents[1]

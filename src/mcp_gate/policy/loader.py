@@ -3,39 +3,18 @@
 from __future__ import annotations
 
 import hashlib
-import re
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import ValidationError
-
 from mcp_gate.policy.engine import Engine
-from mcp_gate.policy.locate import key_lines, line_of
 from mcp_gate.policy.model import PolicyFile
+from mcp_gate.tomlfile import ConfigFileError, Problem, TomlDoc, parse_toml, read_toml, validate
+
+PolicyProblem = Problem
 
 
-@dataclass(frozen=True, slots=True)
-class PolicyProblem:
-    """One thing wrong with a policy file, with where to fix it."""
-
-    file: str
-    line: int | None
-    key: str
-    message: str
-
-    def __str__(self) -> str:
-        where = f"{self.file}:{self.line}" if self.line else self.file
-        key = f" {self.key}:" if self.key else ""
-        return f"{where}:{key} {self.message}"
-
-
-class PolicyError(Exception):
+class PolicyError(ConfigFileError):
     """A policy file that cannot be used, with every problem found in it."""
-
-    def __init__(self, problems: list[PolicyProblem]) -> None:
-        self.problems = problems
-        super().__init__("\n".join(str(p) for p in problems))
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,51 +27,12 @@ class LoadedPolicy:
     engine: Engine
 
 
-def _key_name(loc: tuple[str | int, ...], data: dict) -> str:
-    """`rule "reads" → match.sql_kind[1]` from a pydantic location."""
-    parts: list[str] = []
-    i = 0
-    if len(loc) >= 2 and loc[0] in ("rule", "mask") and isinstance(loc[1], int):
-        index = loc[1]
-        items = data.get(str(loc[0]), [])
-        name = items[index].get("name") if index < len(items) and isinstance(items[index], dict) else None
-        parts.append(f'{loc[0]} "{name}"' if name else f"{loc[0]} #{index + 1}")
-        i = 2
-    path = ""
-    for part in loc[i:]:
-        if isinstance(part, int):
-            path += f"[{part}]"
-        elif part in ("list[str]", "str", "int", "float", "function-after[_check_glob(), str]"):
-            continue  # pydantic's union-branch tags say nothing to a policy author
-        else:
-            path += ("." if path else "") + str(part)
-    if path:
-        parts.append(path)
-    return " → ".join(parts)
-
-
-def _message(err: dict) -> str:
-    msg = str(err.get("msg", "invalid value"))
-    for prefix in ("Value error, ", "Assertion failed, "):
-        if msg.startswith(prefix):
-            msg = msg[len(prefix) :]
-    if err.get("type") == "extra_forbidden":
-        return "unknown key (check the spelling; see DESIGN §4 for the keys a policy takes)"
-    if err.get("type") == "string_too_short":
-        return "must not be empty"
-    if err.get("type") == "missing":
-        return "is required"
-    if err.get("type") == "literal_error" and "input" in err:
-        return f"{msg}, got {err['input']!r}"
-    return msg
-
-
-def _duplicate_names(data: dict, lines: dict, file: str) -> list[PolicyProblem]:
+def _duplicate_names(doc: TomlDoc) -> list[Problem]:
     """Two rules with one name: checked on the raw data so it shows beside other errors."""
-    rules = data.get("rule")
+    rules = doc.data.get("rule")
     if not isinstance(rules, list):
         return []
-    problems: list[PolicyProblem] = []
+    problems: list[Problem] = []
     seen: dict[str, int] = {}
     for index, rule in enumerate(rules):
         name = rule.get("name") if isinstance(rule, dict) else None
@@ -100,12 +40,10 @@ def _duplicate_names(data: dict, lines: dict, file: str) -> list[PolicyProblem]:
             continue
         name = name.strip()
         if name in seen:
-            first = line_of(lines, ("rule", seen[name], "name"))
+            first = doc.problem(("rule", seen[name], "name"), "").line
             problems.append(
-                PolicyProblem(
-                    file,
-                    line_of(lines, ("rule", index, "name")),
-                    _key_name(("rule", index, "name"), data),
+                doc.problem(
+                    ("rule", index, "name"),
                     f'two rules are named "{name}" (the first is at line {first}); '
                     "names identify rules in decisions and audit, so they must be unique",
                 )
@@ -115,70 +53,50 @@ def _duplicate_names(data: dict, lines: dict, file: str) -> list[PolicyProblem]:
     return problems
 
 
+def _unapprovable(doc: TomlDoc, model: PolicyFile) -> list[Problem]:
+    """A review that no group could ever approve would hold calls forever."""
+    problems = [
+        doc.problem(
+            ("rule", index, "decision"),
+            "nobody could approve this review: give the rule `approvers` or set "
+            "[approval] approvers",
+        )
+        for index, rule in enumerate(model.rule)
+        if rule.decision == "review" and not (rule.approvers or model.approval.approvers)
+    ]
+    if model.default == "review" and not model.approval.approvers:
+        problems.append(doc.problem(("default",), 'default = "review" needs [approval] approvers'))
+    return problems
+
+
+def _compile(doc: TomlDoc) -> LoadedPolicy:
+    model, problems = validate(doc, PolicyFile, "a policy")
+    problems += _duplicate_names(doc)
+    if model is not None:
+        problems += _unapprovable(doc, model)
+    if problems or model is None:
+        raise PolicyError(problems)
+    version = hashlib.sha256(doc.text.encode()).hexdigest()[:16]
+    return LoadedPolicy(path=doc.file, version=version, model=model, engine=Engine(model, version))
+
+
+def _as_policy_error(exc: ConfigFileError) -> PolicyError:
+    return PolicyError(exc.problems)
+
+
 def parse_policy(text: str, file: str = "policies.toml") -> LoadedPolicy:
     """Validate and compile policy text; raise PolicyError naming file, line and key."""
     try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        # Python < 3.14 puts the position only in the message: "... (at line 2, column 7)".
-        found = re.search(r"\(at line (\d+), column \d+\)$", str(exc))
-        line = int(found.group(1)) if found else None
-        msg = str(exc)[: found.start()].strip() if found else str(exc)
-        raise PolicyError([PolicyProblem(file, line, "", f"not valid TOML: {msg}")]) from None
-
-    lines = key_lines(text)
-    problems: list[PolicyProblem] = []
-    model: PolicyFile | None = None
-    try:
-        model = PolicyFile.model_validate(data)
-    except ValidationError as exc:
-        for err in exc.errors():
-            loc = tuple(err["loc"])
-            problems.append(
-                PolicyProblem(file, line_of(lines, loc), _key_name(loc, data), _message(err))
-            )
-
-    problems.extend(_duplicate_names(data, lines, file))
-    if model is not None:
-        for index, rule in enumerate(model.rule):
-            if rule.decision == "review" and not (rule.approvers or model.approval.approvers):
-                problems.append(
-                    PolicyProblem(
-                        file,
-                        line_of(lines, ("rule", index, "decision")),
-                        _key_name(("rule", index, "decision"), data),
-                        "nobody could approve this review: give the rule `approvers` or set "
-                        "[approval] approvers",
-                    )
-                )
-        if model.default == "review" and not model.approval.approvers:
-            problems.append(
-                PolicyProblem(
-                    file,
-                    line_of(lines, ("default",)),
-                    "default",
-                    'default = "review" needs [approval] approvers',
-                )
-            )
-    if problems or model is None:
-        problems.sort(key=lambda p: p.line or 0)
-        raise PolicyError(problems)
-
-    version = hashlib.sha256(text.encode()).hexdigest()[:16]
-    return LoadedPolicy(path=file, version=version, model=model, engine=Engine(model, version))
+        doc = parse_toml(text, file)
+    except ConfigFileError as exc:
+        raise _as_policy_error(exc) from None
+    return _compile(doc)
 
 
 def load_policy(path: str | Path) -> LoadedPolicy:
     """Read and compile a policy file; raise PolicyError (with file and line) if it is bad."""
-    p = Path(path)
     try:
-        raw = p.read_bytes()
-    except OSError as exc:
-        raise PolicyError([PolicyProblem(str(p), None, "", f"cannot read: {exc.strerror}")]) from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise PolicyError(
-            [PolicyProblem(str(p), None, "", f"not UTF-8 text (byte {exc.start})")]
-        ) from None
-    return parse_policy(text, str(p))
+        doc = read_toml(path)
+    except ConfigFileError as exc:
+        raise _as_policy_error(exc) from None
+    return _compile(doc)
