@@ -17,7 +17,7 @@ from mcp_gate.toml_lines import key_lines, line_of
 M = TypeVar("M", bound=BaseModel)
 
 # pydantic's union-branch and validator tags say nothing to the person editing the file.
-_TAG = re.compile(r"^(list\[.*\]|str|int|float|bool|dict\[.*\]|function-\w+\[.*\])$")
+_TAG = re.compile(r"^(list\[.*\]|str|int|float|bool|dict\[.*\]|function-\w+\[.*\]|\[key\])$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +118,7 @@ def _model_at(model: type[BaseModel], loc: tuple[str | int, ...]) -> type[BaseMo
             return None
         field = current.model_fields.get(str(part))
         if field is None:
-            return None
+            continue  # a key of a dict field such as `connections.demo`
         current = _inner_model(field.annotation)
     return current if isinstance(current, type) and issubclass(current, BaseModel) else None
 
@@ -148,6 +148,8 @@ def _message(err: Any, what: str, model: type[BaseModel]) -> str:
         hint = f'did you mean "{close[0]}"? ' if close else ""
         known = f"keys here: {', '.join(keys)}" if keys else f"see the keys {what} takes"
         return f"unknown key ({hint}{known})"
+    if kind == "string_pattern_mismatch":
+        return "must start with a letter and hold only letters, digits, '_' and '-'"
     if kind == "string_too_short":
         return "must not be empty"
     if kind == "missing":

@@ -1,0 +1,124 @@
+"""mcp-gate.toml: defaults, resolved paths, secrets by reference, located errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mcp_gate.config import (
+    ConfigFileError,
+    SecretError,
+    is_loopback,
+    load_config,
+    read_secret,
+    split_listen,
+)
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "mcp-gate.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_and_resolved_paths(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, "[auth]\ndev_issuer = true\n"))
+    assert cfg.listen == ("127.0.0.1", 8765)
+    assert cfg.public_url == "http://127.0.0.1:8765/mcp"
+    assert cfg.audience == cfg.public_url
+    assert cfg.issuer == "http://127.0.0.1:8765"
+    assert cfg.policies == tmp_path / "policies.toml"
+    assert cfg.data_dir == tmp_path / ".mcp-gate"
+
+
+def test_connection_settings(tmp_path: Path) -> None:
+    cfg = load_config(
+        write(
+            tmp_path,
+            """
+[auth]
+issuer = "https://idp.example.com"
+audience = "https://gate.example.com/mcp"
+[connections.demo]
+dsn = "postgresql://gate_reader@127.0.0.1:5432/demo"
+password_env = "DEMO_DB_PASSWORD"
+statement_timeout = "2s"
+""",
+        )
+    )
+    conn = cfg.model.connections["demo"]
+    assert conn.max_rows == 1000 and conn.statement_timeout == 2.0
+    assert cfg.audience == "https://gate.example.com/mcp"
+
+
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        "postgresql://reader:s3cret@db/app",
+        "host=db user=reader password=s3cret dbname=app",
+    ],
+)
+def test_inline_passwords_are_refused_without_echoing_them(tmp_path: Path, dsn: str) -> None:
+    path = write(tmp_path, f'[connections.demo]\ndsn = "{dsn}"\n')
+    with pytest.raises(ConfigFileError) as info:
+        load_config(path)
+    [problem] = info.value.problems
+    assert problem.line == 2 and "password_env" in problem.message
+    assert "s3cret" not in str(info.value)
+
+
+def test_dev_issuer_only_on_loopback(tmp_path: Path) -> None:
+    path = write(tmp_path, '[server]\nlisten = "0.0.0.0:8765"\n[auth]\ndev_issuer = true\n')
+    with pytest.raises(ConfigFileError, match="loopback"):
+        load_config(path)
+
+
+def test_errors_are_located(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """[server]
+listen = "nowhere"
+[connections.demo]
+dsn = "postgresql://r@h/d"
+max_rows = 0
+pasword_env = "X"
+[connections."1bad"]
+dsn = "x"
+""",
+    )
+    with pytest.raises(ConfigFileError) as info:
+        load_config(path)
+    found = {(p.line, p.key) for p in info.value.problems}
+    assert (2, "server.listen") in found
+    assert (5, "connections.demo.max_rows") in found
+    assert (6, "connections.demo.pasword_env") in found
+    assert any(p.line == 7 and "start with a letter" in p.message for p in info.value.problems)
+    typo = next(p for p in info.value.problems if p.line == 6)
+    assert 'did you mean "password_env"' in typo.message
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigFileError, match="cannot read"):
+        load_config(tmp_path / "nope.toml")
+
+
+def test_read_secret(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GATE_TEST_PW", "pw-from-env")
+    assert read_secret("GATE_TEST_PW", None, tmp_path, "demo") == "pw-from-env"
+    (tmp_path / "pw").write_text("pw-from-file\nignored\n")
+    assert read_secret(None, "pw", tmp_path, "demo") == "pw-from-file"
+    monkeypatch.delenv("GATE_TEST_PW")
+    with pytest.raises(SecretError, match="GATE_TEST_PW is not set"):
+        read_secret("GATE_TEST_PW", None, tmp_path, "demo")
+    with pytest.raises(SecretError, match="cannot read password_file"):
+        read_secret(None, "missing", tmp_path, "demo")
+    assert read_secret(None, None, tmp_path, "demo") is None
+
+
+def test_listen_parsing() -> None:
+    assert split_listen("[::1]:9000") == ("::1", 9000)
+    assert is_loopback("127.0.0.5") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("10.0.0.1")
+    with pytest.raises(ValueError):
+        split_listen("8765")
