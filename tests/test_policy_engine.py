@@ -116,9 +116,7 @@ def test_deny_triggers_on_any_statement_kind() -> None:
 
 
 def test_allow_on_tables_needs_every_table() -> None:
-    e = engine(
-        '[[rule]]\nname = "orders"\nmatch = { tables = ["orders"] }\ndecision = "allow"\n'
-    )
+    e = engine('[[rule]]\nname = "orders"\nmatch = { tables = ["orders"] }\ndecision = "allow"\n')
     assert e.decide(ALICE, QUERY, sql(SqlKind.SELECT, reads=("public.orders",))).decision == "allow"
     joined = sql(SqlKind.SELECT, reads=("public.orders", "public.users"))
     assert e.decide(ALICE, QUERY, joined).decision == "deny"
@@ -201,7 +199,10 @@ decision = "review"
     )
     read = ToolCall("read_file", {"path": "/etc/passwd"}, "fs")
     assert e.decide(ALICE, read, Inspection()).decision == "deny"
-    assert e.decide(ALICE, ToolCall("read_file", {"path": "/tmp/x"}, "fs"), Inspection()).decision == "allow"
+    assert (
+        e.decide(ALICE, ToolCall("read_file", {"path": "/tmp/x"}, "fs"), Inspection()).decision
+        == "allow"
+    )
     assert e.decide(ALICE, ToolCall("read_file", {}, "fs"), Inspection()).decision == "allow"
     bot = Principal("svc-reporting")
     prod = ToolCall("sql_query", {}, "builtin", "prod-eu")
@@ -215,8 +216,12 @@ def test_non_string_arguments_are_matched_as_json() -> None:
         'decision = "deny"\n',
         default="allow",
     )
-    assert e.decide(ALICE, ToolCall("t", {"opts": {"force": True}}), Inspection()).decision == "deny"
-    assert e.decide(ALICE, ToolCall("t", {"opts": {"force": False}}), Inspection()).decision == "allow"
+    assert (
+        e.decide(ALICE, ToolCall("t", {"opts": {"force": True}}), Inspection()).decision == "deny"
+    )
+    assert (
+        e.decide(ALICE, ToolCall("t", {"opts": {"force": False}}), Inspection()).decision == "allow"
+    )
 
 
 def test_aws_keys() -> None:

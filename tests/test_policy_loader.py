@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from mcp_gate.policy import PolicyError, load_policy, parse_policy
-from mcp_gate.toml_lines import key_lines
 from mcp_gate.policy.model import parse_duration
+from mcp_gate.toml_lines import key_lines
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,8 +51,8 @@ decision = "allow"
 def test_unknown_top_level_and_table_keys() -> None:
     text = 'version = 1\ndefualt = "deny"\n[approval]\napprover = ["dba"]\n'
     found = problems(text)
-    assert (2, "defualt") == found[0][:2]
-    assert (4, "approval.approver") == found[1][:2]
+    assert found[0][:2] == (2, "defualt")
+    assert found[1][:2] == (4, "approval.approver")
 
 
 def test_bad_kind_names_the_list_element_line() -> None:
@@ -171,7 +171,7 @@ def test_unreadable_and_non_utf8_files(tmp_path: Path) -> None:
     with pytest.raises(PolicyError, match="cannot read"):
         load_policy(tmp_path / "missing.toml")
     bad = tmp_path / "latin1.toml"
-    bad.write_bytes(b'version = 1\n# caf\xe9\n')
+    bad.write_bytes(b"version = 1\n# caf\xe9\n")
     with pytest.raises(PolicyError, match="not UTF-8"):
         load_policy(bad)
 

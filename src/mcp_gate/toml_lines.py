@@ -9,6 +9,7 @@ spanning lines, and all four string forms.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Sequence
 
@@ -197,10 +198,9 @@ def _escaped(s: str, pos: int) -> bool:
 def key_lines(text: str) -> dict[Path, int]:
     """Return the 1-based line of every key path in `text` (best effort, never raises)."""
     scanner = _Scanner(text)
-    try:
+    # Keep what was found on a scan error: positions help the reader, they check nothing.
+    with contextlib.suppress(ValueError, IndexError):
         scanner.document()
-    except (ValueError, IndexError):
-        pass  # Keep what was found: positions are a help to the reader, not a check.
     return scanner.lines
 
 

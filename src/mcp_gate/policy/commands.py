@@ -60,7 +60,7 @@ def test(
             err.print(f"[red]--args is not valid JSON: {exc.msg} (column {exc.colno})[/]")
             return EXIT_USAGE
         if not isinstance(parsed, dict):
-            err.print("[red]--args must be a JSON object, e.g. '{\"path\": \"/tmp\"}'[/]")
+            err.print('[red]--args must be a JSON object, e.g. \'{"path": "/tmp"}\'[/]')
             return EXIT_USAGE
         args = parsed
     policy = _load(path, err)

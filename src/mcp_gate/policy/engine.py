@@ -307,9 +307,7 @@ def compile_match(m: Match, every: bool) -> tuple[Condition, ...]:
     if m.sql_risk is not None:
         conds.append(_set_condition("sql_risk", "risks", frozenset(m.sql_risk), False))
     if m.aws_access is not None:
-        conds.append(
-            _set_condition("aws_access", "aws_access", frozenset(m.aws_access), every)
-        )
+        conds.append(_set_condition("aws_access", "aws_access", frozenset(m.aws_access), every))
     if m.tool is not None:
         conds.append(_one("tool", "tool", compile_globs(m.tool)))
     if m.upstream is not None:
@@ -327,9 +325,7 @@ def compile_match(m: Match, every: bool) -> tuple[Condition, ...]:
     if m.aws_action is not None:
         conds.append(_many("aws_action", "aws_actions", compile_globs(m.aws_action), every))
     if m.aws_resource is not None:
-        conds.append(
-            _many("aws_resource", "aws_resources", compile_globs(m.aws_resource), every)
-        )
+        conds.append(_many("aws_resource", "aws_resources", compile_globs(m.aws_resource), every))
     if m.arguments is not None:
         conds.append(_arguments_condition(m.arguments))
     if m.estimated_rows is not None:
@@ -396,11 +392,13 @@ class Engine:
         exempted: list[RuleHit] = []
         applied: list[CompiledRule] = []
         matched = self._match_all(facts)
+        # A rule "not evaluated" is one that only the missing estimate kept from matching.
         unknown = (
             [
                 f'rule "{self.rules[i].name}": estimated_rows unknown'
                 for i in self._estimating
                 if i not in matched
+                and all(c.test(facts) for c in self.rules[i].match if c.key != "estimated_rows")
             ]
             if facts.estimated_rows is None
             else []
@@ -426,7 +424,7 @@ class Engine:
         if verdict == "review":
             groups: list[str] = []
             for r in deciding or [None]:
-                for g in (r.approvers if r and r.approvers is not None else settings.approvers):
+                for g in r.approvers if r and r.approvers is not None else settings.approvers:
                     if g not in groups:
                         groups.append(g)
             approvers = tuple(groups)

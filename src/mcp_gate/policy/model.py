@@ -35,7 +35,7 @@ _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 60480
 def parse_duration(value: object) -> float:
     """Seconds from `"90s"`, `"2m"`, `"1h30m"`, `"7d"` or a bare number of seconds."""
     if isinstance(value, bool):
-        raise ValueError("a duration is a string such as \"2m\" or \"1h30m\"")
+        raise ValueError('a duration is a string such as "2m" or "1h30m"')
     if isinstance(value, int | float):
         seconds = float(value)
     elif isinstance(value, str):
@@ -52,7 +52,7 @@ def parse_duration(value: object) -> float:
                 'e.g. "90s", "2m", "1h30m"'
             )
     else:
-        raise ValueError("a duration is a string such as \"2m\" or \"1h30m\"")
+        raise ValueError('a duration is a string such as "2m" or "1h30m"')
     if seconds <= 0:
         raise ValueError(f"duration {value!r} must be greater than zero")
     return seconds
@@ -83,6 +83,9 @@ Duration = Annotated[float, BeforeValidator(parse_duration)]
 KindName = Annotated[str, AfterValidator(_one_of(tuple(k.value for k in SqlKind), "SQL kind"))]
 RiskName = Annotated[str, AfterValidator(_one_of(tuple(r.value for r in Risk), "risk flag"))]
 AccessName = Annotated[str, AfterValidator(_one_of(AWS_ACCESS_LEVELS, "AWS access level"))]
+KindList = Annotated[list[KindName], BeforeValidator(_listify), Field(min_length=1)]
+RiskList = Annotated[list[RiskName], BeforeValidator(_listify), Field(min_length=1)]
+AccessList = Annotated[list[AccessName], BeforeValidator(_listify), Field(min_length=1)]
 GroupName = Annotated[str, StringConstraints(min_length=1)]
 
 
@@ -113,19 +116,13 @@ class Match(_Strict):
     connection: GlobList | None = None
     principal: GlobList | None = None
     groups: GlobList | None = None
-    sql_kind: Annotated[list[KindName], BeforeValidator(_listify), Field(min_length=1)] | None = (
-        None
-    )
-    sql_risk: Annotated[list[RiskName], BeforeValidator(_listify), Field(min_length=1)] | None = (
-        None
-    )
+    sql_kind: KindList | None = None
+    sql_risk: RiskList | None = None
     tables: GlobList | None = None
     columns: GlobList | None = None
     estimated_rows: RowBound | None = None
     aws_action: GlobList | None = None
-    aws_access: Annotated[list[AccessName], BeforeValidator(_listify), Field(min_length=1)] | None = (
-        None
-    )
+    aws_access: AccessList | None = None
     aws_resource: GlobList | None = None
     arguments: dict[Annotated[str, StringConstraints(min_length=1)], Glob] | None = None
 
@@ -144,7 +141,7 @@ class Rule(_Strict):
     @model_validator(mode="after")
     def _review_only_fields(self) -> Rule:
         if self.decision != "review" and (self.approvers is not None or self.quorum is not None):
-            raise ValueError("approvers and quorum apply only to rules with decision = \"review\"")
+            raise ValueError('approvers and quorum apply only to rules with decision = "review"')
         return self
 
 

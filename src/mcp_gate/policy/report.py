@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Console, Group
+from rich.markup import escape
 from rich.panel import Panel
 from rich.syntax import Syntax
 from rich.table import Table
@@ -46,7 +47,12 @@ def decision_to_dict(decision: Decision) -> dict[str, Any]:
             {"rule": h.rule, "decision": h.decision, "why": list(h.why)} for h in decision.matched
         ],
         "exempted": [
-            {"rule": h.rule, "decision": h.decision, "why": list(h.why), "unless": list(h.exempted_by)}
+            {
+                "rule": h.rule,
+                "decision": h.decision,
+                "why": list(h.why),
+                "unless": list(h.exempted_by),
+            }
             for h in decision.exempted
         ],
         "approvers": list(decision.approvers),
@@ -79,14 +85,18 @@ def print_problems(console: Console, error: PolicyError) -> None:
     console.print(f"[bold red]{count} problem{'s' if count != 1 else ''} found[/]")
     for problem in error.problems:
         where = f"{problem.file}:{problem.line}" if problem.line else problem.file
-        key = f" [bold]{problem.key}[/]:" if problem.key else ""
-        console.print(f"  [cyan]{where}[/]:{key} {problem.message}", highlight=False)
+        key = f" [bold]{escape(problem.key)}[/]:" if problem.key else ""
+        console.print(
+            f"  [cyan]{escape(where)}[/]:{key} {escape(problem.message)}", highlight=False
+        )
 
 
 def print_check(console: Console, policy: LoadedPolicy) -> None:
     """A short summary of a valid policy."""
     m = policy.model
-    table = Table(title=f"{policy.path} is valid (version {policy.version})", title_justify="left")
+    table = Table(
+        title=Text(f"{policy.path} is valid (version {policy.version})"), title_justify="left"
+    )
     table.add_column("#", justify="right", style="dim")
     table.add_column("rule")
     table.add_column("decision")
@@ -98,7 +108,9 @@ def print_check(console: Console, policy: LoadedPolicy) -> None:
             text += " unless " + ", ".join(
                 f"{k}={v}" for k, v in rule.unless.model_dump(exclude_none=True).items()
             )
-        table.add_row(str(i), rule.name, Text(rule.decision, style=_STYLE[rule.decision]), text)
+        table.add_row(
+            str(i), Text(rule.name), Text(rule.decision, style=_STYLE[rule.decision]), Text(text)
+        )
     console.print(table)
     console.print(
         f"default: [{_STYLE[m.default]}]{m.default}[/] · approvers: "
@@ -114,10 +126,11 @@ def _sql_panel(sql: SqlInspection) -> Panel:
     facts.add_column(style="bold")
     facts.add_column()
     kinds = ", ".join(str(k) for k in sql.kinds) or str(sql.kind)
-    facts.add_row("kind", f"{sql.kind}  (statements: {sql.statement_count}; {kinds})")
-    facts.add_row("reads", ", ".join(sorted(sql.relations_read)) or "-")
-    facts.add_row("writes", ", ".join(sorted(sql.relations_written)) or "-")
-    facts.add_row("functions", ", ".join(sorted(sql.functions)) or "-")
+    # Names come from the SQL text: Text(), never markup, so `[` in a name stays literal.
+    facts.add_row("kind", Text(f"{sql.kind}  (statements: {sql.statement_count}; {kinds})"))
+    facts.add_row("reads", Text(", ".join(sorted(sql.relations_read)) or "-"))
+    facts.add_row("writes", Text(", ".join(sorted(sql.relations_written)) or "-"))
+    facts.add_row("functions", Text(", ".join(sorted(sql.functions)) or "-"))
     risks = Text(", ".join(sorted(str(r) for r in sql.risks)) or "none")
     if sql.risks:
         risks.stylize("bold red")
@@ -139,22 +152,23 @@ def print_test(
     else:
         console.print(
             Panel(
-                f"tool [bold]{call.tool}[/] on upstream [bold]{call.upstream}[/], "
-                f"arguments {call.arguments}",
+                Text(f"tool {call.tool} on upstream {call.upstream}, arguments {call.arguments}"),
                 title="call",
                 title_align="left",
             )
         )
     headline = Text(decision.summary())
     headline.stylize(_STYLE[decision.decision], 0, len(decision.decision))
-    lines: list[Text | str] = [headline]
+    lines: list[Text] = [headline]
     for hit in decision.matched:
         mark = "→" if hit.rule in decision.deciding else " "
-        lines.append(Text(f" {mark} rule \"{hit.rule}\" ({hit.decision})", style=_STYLE[hit.decision]))
-        lines.extend(f"     {why}" for why in hit.why)
+        lines.append(
+            Text(f' {mark} rule "{hit.rule}" ({hit.decision})', style=_STYLE[hit.decision])
+        )
+        lines.extend(Text(f"     {why}") for why in hit.why)
     for hit in decision.exempted:
-        lines.append(Text(f"   rule \"{hit.rule}\" ({hit.decision}) exempted by unless", style="dim"))
-        lines.extend(f"     {why}" for why in hit.exempted_by)
+        lines.append(Text(f'   rule "{hit.rule}" ({hit.decision}) exempted by unless', style="dim"))
+        lines.extend(Text(f"     {why}") for why in hit.exempted_by)
     for note in decision.unknown:
         lines.append(Text(f"   not evaluated: {note}", style="dim"))
     console.print(Panel(Group(*lines), title="decision", title_align="left"))

@@ -1,0 +1,434 @@
+"""Running agent SQL on the pool: the read recipe, approved writes, EXPLAIN.
+
+Read recipe (DESIGN §6; reference note §5 has the measurements behind each step):
+
+1. acquire a pooled connection;
+2. `BEGIN READ ONLY` (a gateway constant, the only text sent with the simple protocol);
+3. one parameterised `SELECT set_config(…, true)` setting `statement_timeout`, `lock_timeout`,
+   `idle_in_transaction_session_timeout` and `search_path` for this transaction only. Being a
+   SELECT it also takes the transaction's snapshot, after which `SET TRANSACTION READ WRITE`
+   is refused ("must be set before any query"); without it, that statement is accepted;
+4. `prepare()` the agent text (extended protocol: one statement only, so `COMMIT; INSERT …`
+   and `SELECT 1; DELETE …` are refused by the server before anything runs);
+5. compare the result's column count with the caller's analysis (`FieldCountMismatch`);
+6. bind a protocol-level cursor and fetch at most `max_rows + 1` rows;
+7. always `ROLLBACK`, shielded from cancellation; if that fails or times out the connection
+   is terminated instead of going back to the pool (whose reset also runs `RESET ROLE`).
+
+Agent text never reaches `Connection.execute()` (simple protocol, which runs stacked
+statements). Errors come out as `QueryError` (PostgreSQL's message, DETAIL, HINT, SQLSTATE)
+or `DatabaseUnavailable`; neither ever carries the connection's password.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any
+
+import anyio
+import asyncpg
+
+from .dsn import scrub
+from .errors import DatabaseUnavailable, FieldCountMismatch, QueryError, SqlToolError
+from .model import Column, QueryResult
+from .pool import secrets_of, target_of
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SEARCH_PATH = "pg_catalog, public, pg_temp"
+ACQUIRE_TIMEOUT_S = 10.0
+CLEANUP_TIMEOUT_S = 5.0
+CLIENT_GRACE_S = 5.0  # client-side timeout = statement_timeout + this (0 = no timeout)
+_MAX_MS = 2_147_483_647
+
+# Gateway-owned constant texts.
+_BEGIN_READ = "BEGIN READ ONLY"
+_BEGIN_WRITE = "BEGIN READ WRITE"
+_ROLLBACK = "ROLLBACK"
+_COMMIT = "COMMIT"
+_SET_LOCALS = (
+    "SELECT pg_catalog.set_config('statement_timeout', $1, true),"
+    " pg_catalog.set_config('lock_timeout', $2, true),"
+    " pg_catalog.set_config('idle_in_transaction_session_timeout', $3, true),"
+    " pg_catalog.set_config('search_path', $4, true)"
+)
+# Operator intervention (the server is going away), not a problem with the statement.
+_UNAVAILABLE_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "57P04", "57P05"})
+_COUNTED_COMMANDS = frozenset(
+    {"INSERT", "UPDATE", "DELETE", "MERGE", "SELECT", "COPY", "MOVE", "FETCH"}
+)
+
+
+def _ms(value: int, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MAX_MS:
+        raise ValueError(f"{name} must be an integer number of milliseconds, 0..{_MAX_MS}")
+    return value
+
+
+def _client_timeout(statement_timeout_ms: int) -> float | None:
+    return statement_timeout_ms / 1000 + CLIENT_GRACE_S if statement_timeout_ms else None
+
+
+def _type_name(t: Any) -> str:
+    schema = getattr(t, "schema", None)
+    if schema in (None, "", "pg_catalog", "public"):
+        return str(t.name)
+    return f"{schema}.{t.name}"
+
+
+# --------------------------------------------------------------------------- errors
+
+
+@contextmanager
+def map_errors(pool: Any) -> Iterator[None]:
+    """Turn asyncpg/OS errors into `QueryError`/`DatabaseUnavailable` with secrets scrubbed."""
+    secrets = secrets_of(pool)
+    try:
+        yield
+    except SqlToolError:
+        raise
+    except (asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError, OSError) as exc:
+        if isinstance(exc, TimeoutError):
+            raise QueryError(
+                "the statement timed out (the gateway's client-side limit)", "57014"
+            ) from None
+        what = scrub(str(exc).strip() or type(exc).__name__, secrets)
+        raise DatabaseUnavailable(f"{target_of(pool)}: {what}") from None
+    except asyncpg.PostgresError as exc:
+        if str(getattr(exc, "sqlstate", "") or "") in _UNAVAILABLE_SQLSTATES:
+            what = scrub(getattr(exc, "message", None) or str(exc), secrets)
+            raise DatabaseUnavailable(f"{target_of(pool)}: {what}") from None
+        raise _query_error(exc, secrets) from None
+    except (asyncpg.InterfaceError, asyncpg.InternalClientError) as exc:
+        raise QueryError(scrub(str(exc), secrets), getattr(exc, "sqlstate", None)) from None
+
+
+def _query_error(exc: asyncpg.PostgresError, secrets: tuple[str, ...]) -> QueryError:
+    def clean(value: Any) -> str | None:
+        return scrub(str(value), secrets) if value else None
+
+    position = getattr(exc, "position", None)
+    try:
+        pos = int(position) if position else None
+    except (TypeError, ValueError):
+        pos = None
+    return QueryError(
+        clean(getattr(exc, "message", None) or str(exc)) or type(exc).__name__,
+        getattr(exc, "sqlstate", None),
+        detail=clean(getattr(exc, "detail", None)),
+        hint=clean(getattr(exc, "hint", None)),
+        position=pos,
+    )
+
+
+# --------------------------------------------------------------------------- transactions
+
+
+async def _acquire(pool: Any, timeout: float) -> Any:
+    try:
+        return await pool.acquire(timeout=timeout)
+    except TimeoutError:
+        raise DatabaseUnavailable(
+            f"{target_of(pool)}: no free connection in the pool within {timeout:g}s"
+        ) from None
+
+
+async def _release(pool: Any, conn: Any, *, rollback: bool) -> None:
+    """ROLLBACK (if asked) and give the connection back, even while being cancelled. A
+    connection whose ROLLBACK fails is terminated, never returned inside a transaction."""
+    with anyio.CancelScope(shield=True):
+        healthy = True
+        if rollback:
+            try:
+                with anyio.fail_after(CLEANUP_TIMEOUT_S):
+                    await conn.execute(_ROLLBACK)
+                healthy = not conn.is_in_transaction()
+            except Exception as exc:
+                log.debug("rollback failed, terminating the connection: %s", type(exc).__name__)
+                healthy = False
+        if not healthy:
+            # A connection the server closed may already be detached from its pool proxy.
+            with contextlib.suppress(Exception):
+                conn.terminate()
+        try:
+            with anyio.fail_after(CLEANUP_TIMEOUT_S):
+                await pool.release(conn)
+        except Exception as exc:  # the pool terminates connections it cannot reset
+            log.debug("releasing a connection failed: %s", type(exc).__name__)
+
+
+async def _set_locals(
+    conn: Any,
+    *,
+    statement_timeout_ms: int,
+    lock_timeout_ms: int,
+    idle_timeout_ms: int,
+    search_path: str,
+) -> None:
+    await conn.fetchrow(
+        _SET_LOCALS,
+        str(statement_timeout_ms),
+        str(lock_timeout_ms),
+        str(idle_timeout_ms),
+        search_path,
+    )
+
+
+def _is_dead(conn: Any) -> bool:
+    try:
+        return bool(conn.is_closed())
+    except asyncpg.InterfaceError:  # closed by the server and already detached from the pool
+        return True
+
+
+async def _begin(
+    pool: Any,
+    begin_sql: str,
+    *,
+    statement_timeout_ms: int,
+    lock_timeout_ms: int,
+    idle_timeout_ms: int,
+    search_path: str,
+    acquire_timeout: float,
+) -> Any:
+    """Acquire, begin, set the transaction-local limits. A pooled connection found dead here
+    (server restart, terminated backend) is dropped and the start retried once: no agent text
+    has run yet, so retrying is safe."""
+    _ms(statement_timeout_ms, "statement_timeout_ms")
+    _ms(lock_timeout_ms, "lock_timeout_ms")
+    _ms(idle_timeout_ms, "idle_timeout_ms")
+    for attempt in (1, 2):
+        conn = await _acquire(pool, acquire_timeout)
+        try:
+            await conn.execute(begin_sql)
+            await _set_locals(
+                conn,
+                statement_timeout_ms=statement_timeout_ms,
+                lock_timeout_ms=lock_timeout_ms,
+                idle_timeout_ms=idle_timeout_ms,
+                search_path=search_path,
+            )
+            return conn
+        except BaseException as exc:
+            dead = _is_dead(conn) or isinstance(exc, asyncpg.PostgresConnectionError)
+            await _release(pool, conn, rollback=True)
+            if attempt == 2 or not dead or not isinstance(exc, Exception):
+                raise
+            log.info("%s: pooled connection was dead; retrying once", target_of(pool))
+    raise AssertionError("unreachable")
+
+
+@asynccontextmanager
+async def read_transaction(
+    pool: Any,
+    *,
+    statement_timeout_ms: int,
+    lock_timeout_ms: int,
+    idle_timeout_ms: int,
+    search_path: str = DEFAULT_SEARCH_PATH,
+    acquire_timeout: float = ACQUIRE_TIMEOUT_S,
+) -> AsyncIterator[Any]:
+    """A pooled connection inside `BEGIN READ ONLY` with the timeouts and search_path set and
+    the snapshot taken; always rolled back. Run agent text in it only via
+    `fetch_in_transaction` (prepare + cursor)."""
+    conn = await _begin(
+        pool,
+        _BEGIN_READ,
+        statement_timeout_ms=statement_timeout_ms,
+        lock_timeout_ms=lock_timeout_ms,
+        idle_timeout_ms=idle_timeout_ms,
+        search_path=search_path,
+        acquire_timeout=acquire_timeout,
+    )
+    try:
+        yield conn
+    finally:
+        await _release(pool, conn, rollback=True)
+
+
+async def fetch_in_transaction(
+    conn: Any,
+    sql: str,
+    params: Sequence[Any] | None,
+    *,
+    max_rows: int,
+    expected_columns: int | None = None,
+    timeout: float | None = None,
+) -> tuple[list[Column], list[tuple[Any, ...]], bool]:
+    """Prepare `sql` (one statement, extended protocol), check its column count, and fetch at
+    most `max_rows + 1` rows through a protocol-level cursor. Returns (columns, at most
+    `max_rows` rows, truncated). Must run inside a transaction (`read_transaction`)."""
+    if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 0:
+        raise ValueError("max_rows must be a non-negative integer")
+    stmt = await conn.prepare(sql, timeout=timeout)
+    attributes = stmt.get_attributes()
+    if expected_columns is not None and len(attributes) != expected_columns:
+        raise FieldCountMismatch(expected_columns, len(attributes))
+    columns = [Column(a.name, _type_name(a.type)) for a in attributes]
+    cursor = await stmt.cursor(*(params or ()), timeout=timeout)
+    records = await cursor.fetch(max_rows + 1, timeout=timeout)
+    if not conn.is_in_transaction():
+        # COMMIT / ROLLBACK [AND CHAIN] as the agent statement: it could write nothing (one
+        # statement, READ ONLY), but it is not a query either.
+        raise QueryError(
+            "the statement ended the gateway's read-only transaction; "
+            "transaction control statements are not allowed",
+            "25000",
+        )
+    rows = [tuple(r) for r in records]
+    truncated = len(rows) > max_rows
+    return columns, rows[:max_rows], truncated
+
+
+# --------------------------------------------------------------------------- public API
+
+
+async def run_read(
+    pool: Any,
+    sql: str,
+    params: list[Any] | None,
+    *,
+    max_rows: int,
+    statement_timeout_ms: int,
+    lock_timeout_ms: int,
+    idle_timeout_ms: int,
+    search_path: str = DEFAULT_SEARCH_PATH,
+    expected_columns: int | None = None,
+) -> QueryResult:
+    """Run one agent statement read-only (the recipe in this module's docstring).
+
+    Raises `QueryError` (including `FieldCountMismatch`), `DatabaseUnavailable`, or
+    `ValueError` for invalid limits.
+    """
+    started = time.perf_counter()
+    with map_errors(pool):
+        async with read_transaction(
+            pool,
+            statement_timeout_ms=statement_timeout_ms,
+            lock_timeout_ms=lock_timeout_ms,
+            idle_timeout_ms=idle_timeout_ms,
+            search_path=search_path,
+        ) as conn:
+            columns, rows, truncated = await fetch_in_transaction(
+                conn,
+                sql,
+                params,
+                max_rows=max_rows,
+                expected_columns=expected_columns,
+                timeout=_client_timeout(statement_timeout_ms),
+            )
+            elapsed_ms = (time.perf_counter() - started) * 1000
+    return QueryResult(columns, rows, len(rows), truncated, elapsed_ms)
+
+
+def affected_rows(status: str | None) -> int | None:
+    """The row count of a command tag (`INSERT 0 3` → 3, `UPDATE 5` → 5), else None."""
+    parts = (status or "").split()
+    if len(parts) >= 2 and parts[0] in _COUNTED_COMMANDS and parts[-1].isdigit():
+        return int(parts[-1])
+    return None
+
+
+async def run_write(
+    pool: Any,
+    sql: str,
+    params: list[Any] | None,
+    *,
+    statement_timeout_ms: int,
+    lock_timeout_ms: int,
+    idle_timeout_ms: int = 60_000,
+    search_path: str = DEFAULT_SEARCH_PATH,
+    max_rows: int | None = None,
+) -> QueryResult:
+    """Run one approved statement in its own `BEGIN READ WRITE` … `COMMIT` transaction.
+
+    Extended protocol only (one statement). Returns the RETURNING rows (all of them are
+    fetched; `max_rows` only trims what is returned), the command tag in `status` and its
+    count in `affected_rows`. On any error or cancellation the transaction is rolled back.
+    Session state the statement leaves behind after COMMIT (`set_config(…, false)`,
+    `SET ROLE`, temp tables) is cleared by the pool's reset on release.
+    """
+    timeout = _client_timeout(statement_timeout_ms)
+    started = time.perf_counter()
+    with map_errors(pool):
+        conn = await _begin(
+            pool,
+            _BEGIN_WRITE,
+            statement_timeout_ms=statement_timeout_ms,
+            lock_timeout_ms=lock_timeout_ms,
+            idle_timeout_ms=idle_timeout_ms,
+            search_path=search_path,
+            acquire_timeout=ACQUIRE_TIMEOUT_S,
+        )
+        committed = False
+        try:
+            stmt = await conn.prepare(sql, timeout=timeout)
+            columns = [Column(a.name, _type_name(a.type)) for a in stmt.get_attributes()]
+            records = await stmt.fetch(*(params or ()), timeout=timeout)
+            status = stmt.get_statusmsg()
+            await conn.execute(_COMMIT)
+            committed = True
+            elapsed_ms = (time.perf_counter() - started) * 1000
+        finally:
+            await _release(pool, conn, rollback=not committed)
+    rows = [tuple(r) for r in records]
+    truncated = max_rows is not None and len(rows) > max_rows
+    if truncated:
+        rows = rows[:max_rows]
+    return QueryResult(
+        columns,
+        rows,
+        len(rows),
+        truncated,
+        elapsed_ms,
+        status=status,
+        affected_rows=affected_rows(status),
+    )
+
+
+async def explain(
+    pool: Any,
+    sql: str,
+    params: list[Any] | None = None,
+    *,
+    statement_timeout_ms: int = 10_000,
+    lock_timeout_ms: int = 1_000,
+    idle_timeout_ms: int = 10_000,
+    search_path: str = DEFAULT_SEARCH_PATH,
+) -> dict[str, Any]:
+    """`EXPLAIN (FORMAT JSON) <sql>` on the read-only path (never ANALYZE: nothing executes).
+
+    Precondition: the caller has already classified `sql` as one plain statement that may be
+    explained (e.g. pglast says a single SELECT). The agent text is appended to a gateway
+    prefix, so the classification matters; the server's one-statement rule for prepared
+    statements still refuses `SELECT 1; DELETE …`, and the READ ONLY transaction refuses
+    writes. Returns `{"plan": <EXPLAIN JSON>, "estimated_rows": Plan Rows of the top node,
+    "estimated_cost": its Total Cost}`.
+    """
+    result = await run_read(
+        pool,
+        "EXPLAIN (FORMAT JSON)\n" + sql,
+        params,
+        max_rows=1,
+        statement_timeout_ms=statement_timeout_ms,
+        lock_timeout_ms=lock_timeout_ms,
+        idle_timeout_ms=idle_timeout_ms,
+        search_path=search_path,
+        expected_columns=1,
+    )
+    if not result.rows:
+        raise QueryError("EXPLAIN returned no plan")
+    raw = result.rows[0][0]
+    plan = json.loads(raw) if isinstance(raw, str) else raw
+    try:
+        top = plan[0]["Plan"]
+        estimated_rows = int(top["Plan Rows"])
+        estimated_cost = float(top["Total Cost"])
+    except (LookupError, TypeError, ValueError):
+        raise QueryError("EXPLAIN returned an unexpected plan shape") from None
+    return {"plan": plan, "estimated_rows": estimated_rows, "estimated_cost": estimated_cost}
