@@ -73,8 +73,10 @@ class Facts:
             upstream=call.upstream,
             connection=call.connection,
             arguments=call.arguments,
+            # Each statement's kind and the overall kind: a batch of selects is overall
+            # `other`, so a rule granting selects does not grant the batch.
             # SqlKind and Risk are StrEnums: members hash and compare as their strings.
-            sql_kinds=frozenset(sql.kinds or (sql.kind,)) if sql else frozenset(),
+            sql_kinds=frozenset((*sql.kinds, sql.kind)) if sql else frozenset(),
             risks=inspection.risks,
             tables=sql.relations if sql else frozenset(),
             columns=columns,
