@@ -164,6 +164,4 @@ def validate(doc: TomlDoc, model: type[M], what: str) -> tuple[M | None, list[Pr
     try:
         return model.model_validate(doc.data), []
     except ValidationError as exc:
-        return None, [
-            doc.problem(tuple(e["loc"]), _message(e, what, model)) for e in exc.errors()
-        ]
+        return None, [doc.problem(tuple(e["loc"]), _message(e, what, model)) for e in exc.errors()]
