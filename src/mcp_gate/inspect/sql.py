@@ -86,7 +86,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import orjson
-
 from pglast.parser import ParseError, parse_sql_json
 
 from mcp_gate.inspect.model import Risk, SqlInspection, SqlKind
