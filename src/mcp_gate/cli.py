@@ -10,6 +10,8 @@ import typer
 from rich.console import Console
 
 from mcp_gate import __version__
+from mcp_gate.config import DEFAULT_CONFIG
+from mcp_gate.gateway import commands as gateway_commands
 from mcp_gate.policy import commands as policy_commands
 
 app = typer.Typer(
@@ -49,6 +51,70 @@ def main(
     ] = False,
 ) -> None:
     """mcp-gate: inspect, decide, approve, mask and record every MCP tool call."""
+
+
+ConfigPath = Annotated[
+    Path,
+    typer.Option("--config", "-C", help="The gateway's config file (mcp-gate.toml)."),
+]
+
+
+@app.command()
+def serve(
+    config: ConfigPath = Path(DEFAULT_CONFIG),
+    stdio: Annotated[
+        bool,
+        typer.Option(
+            "--stdio",
+            help="Serve one client over stdin/stdout as the \\[auth.local] principal, "
+            "instead of streamable HTTP.",
+        ),
+    ] = False,
+) -> None:
+    """Run the gateway: streamable HTTP at /mcp (both MCP protocol eras), or --stdio."""
+    raise typer.Exit(gateway_commands.serve(config, stdio=stdio, err=_err))
+
+
+@app.command()
+def demo(
+    port: Annotated[
+        int, typer.Option("--port", help="Port for the gateway (a free one if taken).")
+    ] = 8765,
+) -> None:
+    """Start a complete local setup: embedded PostgreSQL with sample data (customers with
+    emails, SSNs and card numbers; orders; payments), the repository's policies.toml, and a
+    gateway on 127.0.0.1 with a dev token issuer. Prints the MCP URL, tokens and ready-to-paste
+    client configs. Ctrl-C stops everything and removes what it started."""
+    raise typer.Exit(gateway_commands.demo(port=port, console=_out, err=_err))
+
+
+@app.command()
+def token(
+    config: ConfigPath = Path(DEFAULT_CONFIG),
+    sub: Annotated[str, typer.Option("--sub", help="The subject (who the token is for).")] = (
+        "local-user"
+    ),
+    groups: Annotated[
+        str, typer.Option("--groups", help="Groups, comma-separated (e.g. dba,ops).")
+    ] = "",
+    ttl: Annotated[str, typer.Option("--ttl", help="Lifetime, e.g. 30m, 1h, 1d.")] = "1h",
+) -> None:
+    """Print a bearer token signed by the dev issuer (\\[auth] dev_issuer = true), alone on stdout.
+
+    Works whether or not the gateway is running. Example:
+
+      export TOKEN=$(mcp-gate token --sub alice --groups dba)
+    """
+    raise typer.Exit(
+        gateway_commands.token(
+            config,
+            subject=sub,
+            groups=[g.strip() for g in groups.split(",")],
+            ttl=ttl,
+            out=_out,
+            err=_err,
+        )
+    )
 
 
 PolicyPath = Annotated[

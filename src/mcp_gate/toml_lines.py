@@ -173,6 +173,8 @@ class _Scanner:
             path = (*base, self.aot[base])
         else:
             path = self.resolve(parts)
+            for end in range(1, len(path)):  # `[a.b]` also places `a` when nothing did yet
+                self.record(path[:end], line)
         self.record(path, line)
         return path
 

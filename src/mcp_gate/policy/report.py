@@ -87,7 +87,9 @@ def print_problems(console: Console, error: PolicyError) -> None:
         where = f"{problem.file}:{problem.line}" if problem.line else problem.file
         key = f" [bold]{escape(problem.key)}[/]:" if problem.key else ""
         console.print(
-            f"  [cyan]{escape(where)}[/]:{key} {escape(problem.message)}", highlight=False
+            f"  [cyan]{escape(where)}[/]:{key} {escape(problem.message)}",
+            highlight=False,
+            soft_wrap=True,  # one problem per line, whatever the terminal width
         )
 
 

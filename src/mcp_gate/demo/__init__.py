@@ -1,0 +1,1 @@
+"""`mcp-gate demo`: embedded PostgreSQL, sample data, policies, a gateway ready for a client."""

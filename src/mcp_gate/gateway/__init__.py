@@ -1,0 +1,1 @@
+"""The gateway: the interceptor pipeline on `tools/call`, upstreams, and the transports."""

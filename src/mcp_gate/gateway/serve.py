@@ -1,0 +1,117 @@
+"""Running the gateway: streamable HTTP (uvicorn) or one client over stdio."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+from collections.abc import Awaitable, Callable
+
+import anyio
+import uvicorn
+from mcp.server.stdio import stdio_server
+
+from mcp_gate.auth import dev_issuer_routes
+from mcp_gate.calls import Principal
+from mcp_gate.config import GateConfig
+from mcp_gate.gateway.http import build_http_app, transport_security
+from mcp_gate.gateway.mcp_server import build_server, http_principal
+from mcp_gate.gateway.runtime import (
+    PolicyHolder,
+    StartupError,
+    build_pipeline,
+    dev_issuer_for,
+    open_connections,
+    verifier_for,
+)
+
+log = logging.getLogger("mcp_gate.serve")
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """Bind the listening socket first, so a busy port is a clear error, not a traceback."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise StartupError(
+                f"{host}:{port} is already in use: stop the other process or set "
+                "[server] listen to another port"
+            ) from None
+        raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock.listen(1024)
+    sock.set_inheritable(True)
+    return sock
+
+
+async def serve_http(
+    config: GateConfig,
+    *,
+    on_ready: Callable[[], Awaitable[None] | None] | None = None,
+    log_level: str = "info",
+) -> None:
+    """Serve `/mcp` (both eras), PRM and the dev issuer until interrupted."""
+    policy = PolicyHolder.load(config.policies)
+    dev = dev_issuer_for(config)
+    if dev is not None:
+        log.warning(
+            "DEV ISSUER ENABLED: this gateway signs its own tokens (mcp-gate token). "
+            "Use it on this machine only, never in production."
+        )
+    verifier = verifier_for(config, dev)
+    host, port = config.listen
+    sock = bind_socket(host, port)
+    try:
+        async with open_connections(config) as connections:
+            pipeline = build_pipeline(policy, connections)
+            server = build_server(pipeline, http_principal)
+            app = build_http_app(
+                server,
+                verifier=verifier,
+                public_url=config.public_url,
+                issuer=config.issuer or "",
+                security=transport_security(host, port, config.model.server.allowed_origins),
+                max_request_bytes=config.model.server.max_request_bytes,
+                extra_routes=dev_issuer_routes(dev) if dev is not None else None,
+            )
+            uv = uvicorn.Server(
+                uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="on")
+            )
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(policy.watch)
+                if on_ready is not None:
+                    tg.start_soon(_when_started, uv, on_ready)
+                await uv.serve(sockets=[sock])
+                tg.cancel_scope.cancel()
+    finally:
+        sock.close()
+        await verifier.aclose()
+
+
+async def _when_started(uv: uvicorn.Server, on_ready: Callable[[], Awaitable[None] | None]) -> None:
+    while not uv.started:
+        if uv.should_exit:
+            return
+        await anyio.sleep(0.05)
+    outcome = on_ready()
+    if outcome is not None:
+        await outcome
+
+
+async def serve_stdio(config: GateConfig) -> None:
+    """Serve one client over stdin/stdout as the `[auth.local]` principal."""
+    policy = PolicyHolder.load(config.policies)
+    local = config.model.auth.local
+    principal = Principal(local.subject, frozenset(local.groups))
+    async with open_connections(config) as connections:
+        pipeline = build_pipeline(policy, connections)
+        server = build_server(pipeline, lambda _ctx: principal)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(policy.watch)
+            async with stdio_server() as (read, write):
+                await server.run(read, write, server.create_initialization_options())
+            tg.cancel_scope.cancel()
