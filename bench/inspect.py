@@ -17,7 +17,7 @@ import sys
 # This file is named like the standard library's `inspect`, and `python bench/inspect.py` puts
 # bench/ first on sys.path: drop it before anything imports `inspect`.
 if sys.path and sys.path[0].rstrip("/").endswith("bench"):
-    BENCH_DIR = sys.path.pop(0)
+    sys.path.pop(0)
 
 import argparse
 import fnmatch

@@ -166,8 +166,9 @@ def _terminate_as_interrupt(signum: int, frame: object) -> None:
 
 def run_demo(console: Console, *, port: int, root: Path) -> int:
     """Run the demo until Ctrl-C (or SIGTERM); returns an exit code."""
-    # uvicorn re-raises the signal that stopped it; as KeyboardInterrupt, SIGTERM too ends
-    # in the cleanup below instead of killing the process with PostgreSQL left running.
+    # While PostgreSQL starts and loads, SIGTERM ends in the cleanup below (as Ctrl-C does)
+    # instead of killing the process with PostgreSQL left running; the gateway itself stops
+    # gracefully on both signals.
     signal.signal(signal.SIGTERM, _terminate_as_interrupt)
     try:
         policies = find_policies()

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import anyio
 from rich.console import Console
-from rich.logging import RichHandler
 
 from mcp_gate.config import ConfigFileError, GateConfig, load_config
 from mcp_gate.gateway.runtime import StartupError, dev_issuer_for
@@ -20,12 +20,11 @@ EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 
 def setup_logging(level: str = "INFO") -> None:
-    """Log to stderr (stdout may be the MCP stream), readable, secrets never included."""
+    """Plain lines on stderr (stdout may be the MCP stream); secrets are never logged."""
     logging.basicConfig(
         level=level.upper(),
-        format="%(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-        handlers=[RichHandler(console=Console(stderr=True), show_path=False)],
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
         force=True,
     )
 

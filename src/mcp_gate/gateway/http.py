@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit
@@ -20,7 +22,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from mcp_gate.auth import InvalidToken, JwtVerifier, protected_resource_metadata, www_authenticate
+from mcp_gate.auth import (
+    InvalidToken,
+    JwtVerifier,
+    VerifiedToken,
+    protected_resource_metadata,
+    www_authenticate,
+)
 from mcp_gate.auth.prm import resource_metadata_url
 from mcp_gate.gateway.mcp_server import PRINCIPAL_SCOPE_KEY
 
@@ -35,10 +43,26 @@ class BearerAuth:
     itself is kept only as a digest: it is never forwarded or recorded.
     """
 
+    CACHE_SIZE = 4096
+
     def __init__(self, app: ASGIApp, verifier: JwtVerifier, metadata_url: str) -> None:
         self.app = app
         self.verifier = verifier
         self.metadata_url = metadata_url
+        # Tokens already verified, by digest, until they expire: a signature check per
+        # request of the same session is work without new information.
+        self._verified: OrderedDict[str, VerifiedToken] = OrderedDict()
+
+    async def _verify(self, token: str, digest: str) -> VerifiedToken:
+        cached = self._verified.get(digest)
+        if cached is not None and cached.expires_at > time.time():
+            self._verified.move_to_end(digest)
+            return cached
+        verified = await self.verifier.authenticate(token)
+        self._verified[digest] = verified
+        if len(self._verified) > self.CACHE_SIZE:
+            self._verified.popitem(last=False)
+        return verified
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -58,15 +82,17 @@ class BearerAuth:
                 scope, receive, send, "invalid_request", "use Authorization: Bearer <token>"
             )
             return
+        token = token.strip()
+        digest = hashlib.sha256(token.encode()).hexdigest()
         try:
-            verified = await self.verifier.authenticate(token.strip())
+            verified = await self._verify(token, digest)
         except InvalidToken as exc:
             log.info("refused bearer token: %s", exc.reason)
             await self._challenge(scope, receive, send, "invalid_token", exc.reason)
             return
         principal = verified.principal
         access = AccessToken(
-            token=hashlib.sha256(token.encode()).hexdigest(),
+            token=digest,
             client_id=principal.client_id or principal.subject,
             scopes=list(verified.scopes),
             expires_at=int(verified.expires_at) if verified.expires_at else None,

@@ -55,5 +55,6 @@ def build_server(pipeline: Pipeline, principal_of: PrincipalOf) -> Server[Any]:
         title="mcp-gate",
         instructions=INSTRUCTIONS,
         on_list_tools=on_list_tools,
+        get_tool_input_schema=pipeline.input_schema,
         on_call_tool=on_call_tool,
     )

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
+import signal
 import socket
-from collections.abc import Awaitable, Callable
+import threading
+from collections.abc import Awaitable, Callable, Iterator
 
 import anyio
 import uvicorn
@@ -28,11 +31,37 @@ from mcp_gate.gateway.runtime import (
 log = logging.getLogger("mcp_gate.serve")
 
 
+class _Uvicorn(uvicorn.Server):
+    """uvicorn that stops gracefully on SIGINT/SIGTERM and then returns normally.
+
+    Stock uvicorn re-raises the signal after shutting down, which turns a clean stop into a
+    KeyboardInterrupt or a killed process before our own cleanup (pools, demo database) runs.
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in _STOP_SIGNALS}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 def bind_socket(host: str, port: int) -> socket.socket:
     """Bind the listening socket first, so a busy port is a clear error, not a traceback."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # Accepted connections inherit this. Without it, a response written in two parts waits
+    # for the client's delayed ACK: measured 48 ms instead of 2 ms per 2026-07-28 request.
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
         sock.bind((host, port))
     except OSError as exc:
@@ -68,6 +97,7 @@ async def serve_http(
     try:
         async with open_connections(config) as connections:
             pipeline = build_pipeline(policy, connections)
+            await pipeline.list_tools()
             server = build_server(pipeline, http_principal)
             app = build_http_app(
                 server,
@@ -78,9 +108,7 @@ async def serve_http(
                 max_request_bytes=config.model.server.max_request_bytes,
                 extra_routes=dev_issuer_routes(dev) if dev is not None else None,
             )
-            uv = uvicorn.Server(
-                uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="on")
-            )
+            uv = _Uvicorn(uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="on"))
             async with anyio.create_task_group() as tg:
                 tg.start_soon(policy.watch)
                 if on_ready is not None:
@@ -109,6 +137,7 @@ async def serve_stdio(config: GateConfig) -> None:
     principal = Principal(local.subject, frozenset(local.groups))
     async with open_connections(config) as connections:
         pipeline = build_pipeline(policy, connections)
+        await pipeline.list_tools()
         server = build_server(pipeline, lambda _ctx: principal)
         async with anyio.create_task_group() as tg:
             tg.start_soon(policy.watch)

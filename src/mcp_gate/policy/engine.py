@@ -37,7 +37,7 @@ from mcp_gate.policy.model import Match, PolicyFile, RowBound, Rule, Verdict
 _STRICTNESS: dict[str, int] = {"allow": 0, "review": 1, "deny": 2}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built on every decision, and frozen init is slower
 class Facts:
     """A call reduced to the values rules look at, computed once per decision."""
 

@@ -3,17 +3,19 @@
 Read recipe (DESIGN §6; reference note §5 has the measurements behind each step):
 
 1. acquire a pooled connection;
-2. `BEGIN READ ONLY` (a gateway constant, the only text sent with the simple protocol);
-3. one parameterised `SELECT set_config(…, true)` setting `statement_timeout`, `lock_timeout`,
-   `idle_in_transaction_session_timeout` and `search_path` for this transaction only. Being a
-   SELECT it also takes the transaction's snapshot, after which `SET TRANSACTION READ WRITE`
-   is refused ("must be set before any query"); without it, that statement is accepted;
+2. `BEGIN READ ONLY` and, in the same round trip (gateway constants and checked integers,
+   the only text sent with the simple protocol), one `SELECT set_config(…, true)` setting
+   `statement_timeout`, `lock_timeout`, `idle_in_transaction_session_timeout` and
+   `search_path` for this transaction only. Being a SELECT it also takes the transaction's
+   snapshot, after which `SET TRANSACTION READ WRITE` is refused ("must be set before any
+   query"); without it, that statement is accepted;
 4. `prepare()` the agent text (extended protocol: one statement only, so `COMMIT; INSERT …`
    and `SELECT 1; DELETE …` are refused by the server before anything runs);
 5. compare the result's column count with the caller's analysis (`FieldCountMismatch`);
 6. bind a protocol-level cursor and fetch at most `max_rows + 1` rows;
-7. always `ROLLBACK`, shielded from cancellation; if that fails or times out the connection
-   is terminated instead of going back to the pool (whose reset also runs `RESET ROLE`).
+7. always `ROLLBACK` together with the session reset (`RESET ROLE`, …) in one round trip,
+   shielded from cancellation; if that fails or times out the connection is terminated
+   instead of going back to the pool.
 
 Agent text never reaches `Connection.execute()` (simple protocol, which runs stacked
 statements). Errors come out as `QueryError` (PostgreSQL's message, DETAIL, HINT, SQLSTATE)
@@ -36,7 +38,7 @@ import asyncpg
 from .dsn import scrub
 from .errors import DatabaseUnavailable, FieldCountMismatch, QueryError, SqlToolError
 from .model import Column, QueryResult
-from .pool import secrets_of, target_of
+from .pool import reset_query, secrets_of, target_of
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +53,6 @@ _BEGIN_READ = "BEGIN READ ONLY"
 _BEGIN_WRITE = "BEGIN READ WRITE"
 _ROLLBACK = "ROLLBACK"
 _COMMIT = "COMMIT"
-_SET_LOCALS = (
-    "SELECT pg_catalog.set_config('statement_timeout', $1, true),"
-    " pg_catalog.set_config('lock_timeout', $2, true),"
-    " pg_catalog.set_config('idle_in_transaction_session_timeout', $3, true),"
-    " pg_catalog.set_config('search_path', $4, true)"
-)
 # Operator intervention (the server is going away), not a problem with the statement.
 _UNAVAILABLE_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "57P04", "57P05"})
 _COUNTED_COMMANDS = frozenset(
@@ -139,18 +135,22 @@ async def _acquire(pool: Any, timeout: float) -> Any:
 
 
 async def _release(pool: Any, conn: Any, *, rollback: bool) -> None:
-    """ROLLBACK (if asked) and give the connection back, even while being cancelled. A
-    connection whose ROLLBACK fails is terminated, never returned inside a transaction."""
+    """ROLLBACK (if asked) and reset the session in one round trip, then give the connection
+    back, even while being cancelled. A connection whose ROLLBACK or reset fails is
+    terminated, never returned inside a transaction or with state left over."""
     with anyio.CancelScope(shield=True):
         healthy = True
-        if rollback:
-            try:
-                with anyio.fail_after(CLEANUP_TIMEOUT_S):
-                    await conn.execute(_ROLLBACK)
-                healthy = not conn.is_in_transaction()
-            except Exception as exc:
-                log.debug("rollback failed, terminating the connection: %s", type(exc).__name__)
-                healthy = False
+        try:
+            with anyio.fail_after(CLEANUP_TIMEOUT_S):
+                # Gateway constants only (simple protocol): ROLLBACK, then the pool's reset.
+                cleanup = reset_query(conn)
+                await conn.execute(f"{_ROLLBACK};\n{cleanup}" if rollback else cleanup)
+            healthy = not conn.is_in_transaction()
+            if healthy and hasattr(conn, "mark_reset"):
+                conn.mark_reset()
+        except Exception as exc:
+            log.debug("cleanup failed, terminating the connection: %s", type(exc).__name__)
+            healthy = False
         if not healthy:
             # A connection the server closed may already be detached from its pool proxy.
             with contextlib.suppress(Exception):
@@ -162,20 +162,27 @@ async def _release(pool: Any, conn: Any, *, rollback: bool) -> None:
             log.debug("releasing a connection failed: %s", type(exc).__name__)
 
 
-async def _set_locals(
-    conn: Any,
+def _begin_sql(
+    begin_sql: str,
     *,
     statement_timeout_ms: int,
     lock_timeout_ms: int,
     idle_timeout_ms: int,
     search_path: str,
-) -> None:
-    await conn.fetchrow(
-        _SET_LOCALS,
-        str(statement_timeout_ms),
-        str(lock_timeout_ms),
-        str(idle_timeout_ms),
-        search_path,
+) -> str:
+    """BEGIN and the transaction-local settings as one simple-protocol text (one round trip).
+
+    Only gateway values go in: the limits are integers checked by `_ms`, the search_path a
+    gateway constant, quoted as a literal anyway.
+    """
+    path = "'" + search_path.replace("'", "''") + "'"
+    return (
+        f"{begin_sql};\n"
+        f"SELECT pg_catalog.set_config('statement_timeout', '{int(statement_timeout_ms)}', true),"
+        f" pg_catalog.set_config('lock_timeout', '{int(lock_timeout_ms)}', true),"
+        " pg_catalog.set_config('idle_in_transaction_session_timeout',"
+        f" '{int(idle_timeout_ms)}', true),"
+        f" pg_catalog.set_config('search_path', {path}, true)"
     )
 
 
@@ -205,13 +212,14 @@ async def _begin(
     for attempt in (1, 2):
         conn = await _acquire(pool, acquire_timeout)
         try:
-            await conn.execute(begin_sql)
-            await _set_locals(
-                conn,
-                statement_timeout_ms=statement_timeout_ms,
-                lock_timeout_ms=lock_timeout_ms,
-                idle_timeout_ms=idle_timeout_ms,
-                search_path=search_path,
+            await conn.execute(
+                _begin_sql(
+                    begin_sql,
+                    statement_timeout_ms=statement_timeout_ms,
+                    lock_timeout_ms=lock_timeout_ms,
+                    idle_timeout_ms=idle_timeout_ms,
+                    search_path=search_path,
+                )
             )
             return conn
         except BaseException as exc:
@@ -270,8 +278,14 @@ async def fetch_in_transaction(
     if expected_columns is not None and len(attributes) != expected_columns:
         raise FieldCountMismatch(expected_columns, len(attributes))
     columns = [Column(a.name, _type_name(a.type)) for a in attributes]
-    cursor = await stmt.cursor(*(params or ()), timeout=timeout)
-    records = await cursor.fetch(max_rows + 1, timeout=timeout)
+    # Iterating a cursor with prefetch binds and executes in one round trip, asking the
+    # server for at most max_rows + 1 rows; we stop there, so it never asks for more.
+    records = []
+    limit = max_rows + 1
+    async for record in stmt.cursor(*(params or ()), prefetch=limit, timeout=timeout):
+        records.append(record)
+        if len(records) >= limit:
+            break
     if not conn.is_in_transaction():
         # COMMIT / ROLLBACK [AND CHAIN] as the agent statement: it could write nothing (one
         # statement, READ ONLY), but it is not a query either.

@@ -45,6 +45,20 @@ _FATAL_SQLSTATES = {
 }
 
 
+class GateConnection(asyncpg.Connection):
+    """A pooled connection that remembers whether the gateway already reset it.
+
+    The read path rolls back and resets in one round trip before releasing; the pool's own
+    reset then has nothing left to do. Every other release still gets the full reset.
+    """
+
+    __slots__ = ("gate_reset_done",)
+
+    def mark_reset(self) -> None:
+        """Record that the reset query just ran on this connection."""
+        self.gate_reset_done = True
+
+
 class GatePool(asyncpg.Pool):
     """An asyncpg pool plus the gateway's bookkeeping (never the password in its repr)."""
 
@@ -74,6 +88,9 @@ def reset_query(conn: asyncpg.Connection) -> str:
 
 async def _reset_connection(conn: asyncpg.Connection) -> None:
     # The pool has already rolled back any open transaction (Connection._reset) before this.
+    if getattr(conn, "gate_reset_done", False):
+        conn.gate_reset_done = False  # type: ignore[attr-defined]
+        return
     await conn.execute(reset_query(conn))
 
 
@@ -151,7 +168,7 @@ async def create_pool(
                 reset=_reset_connection,
                 server_settings=server_settings,
                 loop=None,
-                connection_class=asyncpg.Connection,
+                connection_class=GateConnection,
                 record_class=asyncpg.Record,
                 **connect_kwargs,
             )

@@ -1,0 +1,283 @@
+"""Benchmark: what the gateway costs on the data path (issue "Serve").
+
+Two servers on one embedded PostgreSQL with the demo's sample data, each in its own process:
+  - baseline: a plain MCP SDK server whose `sql_query` runs the SQL on an asyncpg pool
+    (bench/baseline_server.py: no auth, no inspection, no policy, no read-only recipe);
+  - mcp-gate: `mcp-gate serve` with the dev issuer, bearer auth, inspection, policy, the
+    read-only transaction recipe and the verdict in `_meta`.
+Same queries, same client code, both protocol eras, in one run.
+
+Targets: median latency ≤ 1.3× the baseline; throughput with 16 concurrent clients ≥ 0.8×
+the baseline; `max_rows=1000` over a 1M-row table grows the gateway's peak RSS ≤ 50 MB.
+
+    python bench/overhead.py [--calls 100] [--rounds 8] [--write]
+"""
+
+from __future__ import annotations
+
+import sys
+
+# bench/inspect.py is named like the standard library's `inspect` and a script's folder comes
+# first on sys.path: drop bench/ before anything imports `inspect`.
+if sys.path and sys.path[0].rstrip("/").endswith("bench"):
+    sys.path.pop(0)
+
+import argparse
+import contextlib
+import importlib.util
+import os
+import platform
+import secrets
+import shutil
+import socket
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import asyncpg
+import httpx2
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+
+from mcp_gate.demo.embedded import EmbeddedPostgres, free_port, start_embedded_postgres
+from mcp_gate.demo.sample import load_sample
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+QUERIES = [
+    "SELECT id, status, total FROM orders WHERE id = 42",
+    "SELECT c.country, count(*) AS n, sum(o.total) AS revenue FROM orders o "
+    "JOIN customers c ON c.id = o.customer_id GROUP BY c.country ORDER BY revenue DESC",
+    "SELECT id, name, country FROM customers ORDER BY id LIMIT 20",
+]
+ERAS = {"legacy": "legacy", "modern": "2026-07-28"}
+
+
+def wait_listening(port: int, process: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"nothing listens on {port}")
+
+
+@contextlib.contextmanager
+def process(args: list[str], port: int, env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
+    proc = subprocess.Popen(args, env={**os.environ, **env}, stderr=subprocess.DEVNULL)
+    try:
+        wait_listening(port, proc)
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def peak_rss_mb(pid: int) -> float:
+    """VmHWM: the process's peak resident set size so far."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+@contextlib.asynccontextmanager
+async def client(url: str, token: str | None, era: str):
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    http = httpx2.AsyncClient(headers=headers, timeout=120)
+    async with (
+        http,
+        Client(streamable_http_client(url, http_client=http), mode=era, cache=None) as c,
+    ):
+        yield c
+
+
+async def latencies(url: str, token: str | None, era: str, calls: int) -> list[float]:
+    """Sequential calls from one client: per-call milliseconds."""
+    out = []
+    async with client(url, token, era) as c:
+        for i in range(calls):
+            sql = QUERIES[i % len(QUERIES)]
+            started = time.perf_counter()
+            result = await c.call_tool("sql_query", {"sql": sql})
+            out.append((time.perf_counter() - started) * 1000)
+            assert not result.is_error, result.content
+    return out
+
+
+async def throughput(url: str, token: str | None, era: str, clients: int, calls: int) -> float:
+    """Calls per second with `clients` concurrent clients, `calls` each."""
+
+    async def one(n: int) -> None:
+        async with client(url, token, era) as c:
+            for i in range(calls):
+                result = await c.call_tool("sql_query", {"sql": QUERIES[(i + n) % len(QUERIES)]})
+                assert not result.is_error, result.content
+
+    started = time.perf_counter()
+    async with anyio.create_task_group() as tg:
+        for n in range(clients):
+            tg.start_soon(one, n)
+    return clients * calls / (time.perf_counter() - started)
+
+
+async def big_query(url: str, token: str | None) -> None:
+    async with client(url, token, "legacy") as c:
+        result = await c.call_tool("sql_query", {"sql": "SELECT * FROM big", "max_rows": 1000})
+        assert result.structured_content["row_count"] == 1000, result.content
+
+
+def prepare_database(server: EmbeddedPostgres) -> tuple[str, str, str]:
+    reader_pw, writer_pw = secrets.token_urlsafe(12), secrets.token_urlsafe(12)
+    anyio.run(load_sample, server.dsn, "bench", reader_pw, writer_pw)
+    superuser_db = server.dsn.rsplit("/", 1)[0] + "/bench"
+
+    async def big() -> None:
+        conn = await asyncpg.connect(superuser_db)
+        try:
+            await conn.execute(
+                "CREATE TABLE big AS SELECT g AS id, md5(g::text) AS v "
+                "FROM generate_series(1, 1000000) g; GRANT SELECT ON big TO gate_reader"
+            )
+        finally:
+            await conn.close()
+
+    anyio.run(big)
+    reader_dsn = f"postgresql://gate_reader:{reader_pw}@{server.host}:{server.port}/bench"
+    return reader_pw, reader_dsn, f"postgresql://gate_reader@{server.host}:{server.port}/bench"
+
+
+def write_gateway_config(folder: Path, port: int, dsn: str) -> Path:
+    path = folder / "mcp-gate.toml"
+    path.write_text(
+        f"""[server]
+listen = "127.0.0.1:{port}"
+policies = "{(ROOT / "policies.toml").as_posix()}"
+data_dir = "state"
+[auth]
+dev_issuer = true
+[connections.demo]
+dsn = "{dsn}"
+password_env = "BENCH_READER_PW"
+max_rows = 1000
+"""
+    )
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=100, help="sequential calls per round")
+    parser.add_argument("--rounds", type=int, default=8, help="rounds (medians are over all)")
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
+    args = parser.parse_args()
+
+    print("starting PostgreSQL and loading the sample data…", flush=True)
+    server = start_embedded_postgres()
+    folder = Path(tempfile.mkdtemp(prefix="mcp-gate-bench-"))
+    try:
+        reader_pw, reader_dsn_pw, reader_dsn = prepare_database(server)
+        gate_port, base_port = free_port(), free_port()
+        config = write_gateway_config(folder, gate_port, reader_dsn)
+        env = {"BENCH_READER_PW": reader_pw}
+        gate_cmd = [sys.executable, "-m", "mcp_gate", "serve", "--config", str(config)]
+        base_cmd = [
+            sys.executable,
+            str(BENCH / "baseline_server.py"),
+            str(base_port),
+            reader_dsn_pw,
+        ]
+        token = subprocess.run(
+            [sys.executable, "-m", "mcp_gate", "token", "--config", str(config), "--sub",
+             "bench", "--groups", "developers"],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
+        with process(gate_cmd, gate_port, env) as gate, process(base_cmd, base_port, env) as base:
+            targets = {
+                "baseline": (f"http://127.0.0.1:{base_port}/mcp", None, base),
+                "mcp-gate": (f"http://127.0.0.1:{gate_port}/mcp", token, gate),
+            }
+            figures: dict[tuple[str, str], dict[str, float]] = {}
+            for era_name, era in ERAS.items():
+                for url, tok, _proc in targets.values():
+                    anyio.run(latencies, url, tok, era, 20)  # warm up
+                lat: dict[str, list[float]] = {n: [] for n in targets}
+                tput: dict[str, list[float]] = {n: [] for n in targets}
+                names = list(targets)
+                for round_no in range(args.rounds):
+                    # ABBA order: neither server always runs first, after the other's load.
+                    for name in names if round_no % 2 == 0 else names[::-1]:
+                        url, tok, _proc = targets[name]
+                        lat[name] += anyio.run(latencies, url, tok, era, args.calls)
+                        tput[name].append(anyio.run(throughput, url, tok, era, args.clients, 20))
+                for name in targets:
+                    figures[(era_name, name)] = {
+                        "p50": statistics.median(lat[name]),
+                        "p95": statistics.quantiles(lat[name], n=20)[18],
+                        "tput": statistics.median(tput[name]),
+                    }
+                print(era_name, {n: figures[(era_name, n)] for n in targets}, flush=True)
+            rss = {}
+            for name, (url, tok, proc) in targets.items():
+                before = peak_rss_mb(proc.pid)
+                anyio.run(big_query, url, tok)
+                rss[name] = (before, peak_rss_mb(proc.pid))
+    finally:
+        server.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+
+    lines = [
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python "
+        f"{platform.python_version()}; client, both servers and PostgreSQL share the machine. "
+        f"{args.rounds} rounds of {args.calls} sequential calls (medians over all calls) and "
+        f"{args.clients} concurrent clients × 20 calls (median of the rounds), rotating over "
+        f"{len(QUERIES)} queries (point lookup, join with aggregate, ordered page).",
+        "",
+        "| era | server | p50 ms | p95 ms | ratio p50 | calls/s (16 clients) | ratio |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for era_name in ERAS:
+        base = figures[(era_name, "baseline")]
+        for name in targets:
+            f = figures[(era_name, name)]
+            lat_ratio, tput_ratio = f["p50"] / base["p50"], f["tput"] / base["tput"]
+            lines.append(
+                f"| {era_name} | {name} | {f['p50']:.2f} | {f['p95']:.2f} | {lat_ratio:.2f}× | "
+                f"{f['tput']:.0f} | {tput_ratio:.2f}× |"
+            )
+    lines += [
+        "",
+        "`SELECT * FROM big` (1,000,000 rows) with `max_rows=1000`: peak RSS of the server",
+        "",
+        "| server | peak RSS before MB | after MB | growth MB |",
+        "|---|---:|---:|---:|",
+    ]
+    for name, (before, after) in rss.items():
+        lines.append(f"| {name} | {before:.0f} | {after:.0f} | {after - before:.0f} |")
+    text = "\n".join(lines)
+    print(text)
+    if args.write:
+        spec = importlib.util.spec_from_file_location("bench_report", BENCH / "report.py")
+        assert spec is not None and spec.loader is not None
+        report = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(report)
+        report.write_section(
+            "overhead",
+            "Gateway overhead on the data path",
+            "python bench/overhead.py --write",
+            text,
+        )
+
+
+if __name__ == "__main__":
+    main()
