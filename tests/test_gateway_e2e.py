@@ -431,3 +431,19 @@ async def test_stdio(gateway: Gateway, shop: Shop, mode: str):
         refused = await client.call_tool("sql_query", {"sql": "DELETE FROM orders"})
         assert refused.is_error and "never unbounded" in text_of(refused)
     assert state(shop) == before
+
+
+def test_foreign_origin_is_refused(gateway: Gateway, agent_token: str):
+    """DNS-rebinding protection: a browser page on another origin cannot drive the gateway."""
+    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "ping"}).encode()
+    headers = {
+        "Authorization": f"Bearer {agent_token}",
+        "Content-Type": "application/json",
+        "Accept": "application/json, text/event-stream",
+        "Origin": "http://evil.example",
+    }
+    response = httpx.post(gateway.url, content=body, headers=headers, timeout=30)
+    assert response.status_code == 403
+    headers["Origin"] = gateway.url.rsplit("/mcp", 1)[0]  # the gateway's own origin
+    same = httpx.post(gateway.url, content=body, headers=headers, timeout=30)
+    assert same.status_code != 403
