@@ -1,0 +1,441 @@
+"""Masking: strategies, compiled [[mask]] rules, masking rows and results by position."""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import hashlib
+import hmac
+import json
+import uuid
+
+import pytest
+
+from mcp_gate.calls import Principal
+from mcp_gate.mask import (
+    MASKED,
+    STRATEGY_ORDER,
+    Hasher,
+    MaskPlan,
+    mask_result,
+    mask_rows,
+    partial,
+    redact,
+    scan_tool_result_text,
+    strictest,
+    value_function,
+)
+from mcp_gate.policy.model import MaskRule
+from mcp_gate.sqltools.model import Column, QueryResult
+from mcp_gate.sqltools.results import structured, text_table
+
+KEY = b"test-key-0123456789abcdef"
+OTHER_KEY = b"other-key-0123456789abcdef"
+ALICE = Principal("alice", frozenset({"developers"}))
+PII_READER = Principal("pat", frozenset({"pii-readers", "developers"}))
+
+
+def hmac_token(key: bytes, data: bytes) -> str:
+    return "h:" + hmac.new(key, data, hashlib.sha256).hexdigest()[:12]
+
+
+# --------------------------------------------------------------------------- strategies
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["x", "", "José", 42, 3.5, decimal.Decimal("1.50"), True, b"\x00", [1, 2], {"a": 1}],
+)
+def test_redact_reveals_nothing_but_null_stays_null(value: object) -> None:
+    assert redact(value) == MASKED
+    assert redact(None) is None
+    assert value_function("null")(value) is None
+    assert value_function("null")(None) is None
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("john@example.com", "j***@example.com"),
+        ("j@example.com", "***@example.com"),
+        ("  José.García@correo.es ", "J***@correo.es"),
+        ("123-45-6789", "***-**-6789"),
+        ("123 45 6789", "***-**-6789"),
+        ("123456789", "***-**-6789"),
+        ("4242 4242 4242 4242", "************4242"),
+        ("4242-4242-4242-4242", "************4242"),
+        ("378282246310005", "************0005"),
+        ("+1 (415) 555-2671", "***-2671"),
+        ("415.555.2671", "***-2671"),
+        ("DE89 3704 0044 0532 0130 00", "DE****************3000"),
+        ("GB82WEST12345698765432", "GB****************5432"),
+        ("Jonathan", "J***"),
+        ("日本語のテキスト", "日***"),
+        ("Zoë Ünal", "Z***"),
+        ("Bob", "***"),
+        ("abcd", "***"),
+        ("", "***"),
+        ("   ", "***"),
+        ("2024-05-01", "2***"),
+        ('{"email": "a@b.com"}', MASKED),
+        ("[1, 2, 3]", MASKED),
+        ("(1,secret)", MASKED),
+    ],
+)
+def test_partial_formats(value: str, expected: str) -> None:
+    assert partial(value) == expected
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        42,
+        4242424242424242,
+        3.25,
+        decimal.Decimal("12.50"),
+        True,
+        dt.date(1990, 5, 17),
+        dt.datetime(2024, 1, 1, 12, 0),
+        uuid.UUID(int=7),
+        b"secret",
+        [1, 2],
+        ["john@example.com"],
+        {"email": "john@example.com"},
+        ("a", "b"),
+    ],
+)
+def test_partial_never_reveals_non_strings(value: object) -> None:
+    assert partial(value) == MASKED
+
+
+def test_partial_keeps_null() -> None:
+    assert partial(None) is None
+
+
+def test_strategy_order_strictest_wins() -> None:
+    assert STRATEGY_ORDER == ("partial", "hash", "redact", "null")
+    assert strictest(["partial", "hash"]) == "hash"
+    assert strictest(["hash", "redact", "partial"]) == "redact"
+    assert strictest(["redact", "null"]) == "null"
+    assert strictest([None, "partial", None]) == "partial"
+    assert strictest([]) is None
+    with pytest.raises(ValueError):
+        strictest(["scramble"])
+
+
+def test_hash_is_hmac_sha256_of_the_tagged_value() -> None:
+    h = Hasher(KEY)
+    assert h("alice@example.com") == hmac_token(KEY, b"s:alice@example.com")
+    assert h(42) == hmac_token(KEY, b"n:42")
+    assert h(True) == hmac_token(KEY, b"b:t")
+    assert h(b"\x01\x02") == hmac_token(KEY, b"x:\x01\x02")
+    token = h("x")
+    assert token.startswith("h:") and len(token) == 14
+    assert all(c in "0123456789abcdef" for c in token[2:])
+
+
+def test_hash_long_keys_follow_hmac() -> None:
+    long_key = bytes(range(100))
+    assert Hasher(long_key)("v") == hmac_token(long_key, b"s:v")
+
+
+def test_hash_stable_joinable_and_key_dependent() -> None:
+    a, b = Hasher(KEY), Hasher(KEY)
+    assert a("alice@example.com") == b("alice@example.com")  # across calls
+    cached = value_function("hash", hash_key=KEY)
+    assert cached("alice@example.com") == a("alice@example.com")  # cached path agrees
+    assert cached("alice@example.com") == cached("alice@example.com")
+    assert a("alice@example.com") != a("bob@example.com")
+    assert Hasher(OTHER_KEY)("alice@example.com") != a("alice@example.com")
+
+
+def test_hash_canonical_encoding() -> None:
+    h = Hasher(KEY)
+    # numbers of any SQL type are equal when their values are
+    assert h(1) == h(1.0) == h(decimal.Decimal("1.00"))
+    assert h(decimal.Decimal("100")) == h(decimal.Decimal("1E+2"))
+    # a number and a string with the same digits differ; so do a bool and an int
+    assert h(1) != h("1")
+    assert h(True) != h(1)
+    # what the agent sees as a string joins with the string
+    u = uuid.UUID("123e4567-e89b-12d3-a456-426614174000")
+    assert h(u) == h(str(u))
+    assert h(dt.date(2024, 5, 1)) == h("2024-05-01")
+    # equal instants in different time zones are equal
+    paris = dt.timezone(dt.timedelta(hours=2))
+    assert h(dt.datetime(2024, 5, 1, 12, tzinfo=paris)) == h(
+        dt.datetime(2024, 5, 1, 10, tzinfo=dt.UTC)
+    )
+    # composite values are hashed whole, key order ignored
+    assert h({"a": 1, "b": [1, 2]}) == h({"b": [1, 2], "a": 1})
+    assert h([1, 2]) != h([2, 1])
+    assert h(None) is None
+    assert h("") != h(None)
+    assert h("\ud800") == hmac_token(KEY, "s:\ud800".encode("utf-8", "surrogatepass"))
+
+
+def test_hash_needs_a_real_key() -> None:
+    with pytest.raises(ValueError):
+        Hasher(b"short")
+    with pytest.raises(TypeError):
+        Hasher("a string key of enough length")  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        value_function("hash")
+
+
+def test_unknown_strategy_is_an_error() -> None:
+    with pytest.raises(ValueError):
+        value_function("scramble")
+    with pytest.raises(ValueError):
+        mask_rows([(1,)], ["scramble"])
+
+
+# --------------------------------------------------------------------------- rules
+
+
+def plan(*rules: dict[str, object]) -> MaskPlan:
+    return MaskPlan([MaskRule.model_validate(r) for r in rules])
+
+
+def src(*names: str) -> frozenset[str]:
+    return frozenset(names)
+
+
+def test_rule_globs_match_schema_table_column_case_insensitively() -> None:
+    p = plan({"columns": ["public.users.email", "*.ssn", "hr.payroll.iban"], "strategy": "partial"})
+    assert p.column_strategy(src("public.users.email"), ALICE) == "partial"
+    assert p.column_strategy(src("PUBLIC.Users.EMAIL"), ALICE) == "partial"
+    assert p.column_strategy(src("public.users.ssn"), ALICE) == "partial"
+    assert p.column_strategy(src("hr.people.ssn"), ALICE) == "partial"
+    assert p.column_strategy(src("hr.payroll.iban"), ALICE) == "partial"
+    assert p.column_strategy(src("public.users.name"), ALICE) is None
+    assert p.column_strategy(src("public.users.ssn_verified_at"), ALICE) is None
+    assert p.column_strategy(src("other.users.email"), ALICE) is None
+    assert p.column_strategy(src(), ALICE) is None  # a literal
+
+
+def test_rule_patterns_without_schema_match_any_schema() -> None:
+    p = plan({"columns": ["users.email", "ssn"], "strategy": "redact"})
+    assert p.column_strategy(src("public.users.email"), ALICE) == "redact"
+    assert p.column_strategy(src("crm.users.email"), ALICE) == "redact"
+    assert p.column_strategy(src("crm.customers.ssn"), ALICE) == "redact"
+    assert p.column_strategy(src("crm.customers.email"), ALICE) is None
+    assert p.column_strategy(src("crm.myusers.email"), ALICE) is None
+
+
+def test_any_sensitive_source_masks_the_position() -> None:
+    p = plan({"columns": ["*.email"], "strategy": "hash"})
+    sources = src("public.users.id", "public.users.name", "public.users.email")
+    assert p.column_strategy(sources, ALICE) == "hash"
+    assert p.column_strategies([src("public.users.id"), sources], ALICE) == [None, "hash"]
+
+
+def test_except_groups_exempt_only_from_their_rule() -> None:
+    p = plan(
+        {"columns": ["*.email"], "strategy": "partial", "except_groups": ["pii-readers"]},
+        {"columns": ["*.ssn"], "strategy": "redact"},
+    )
+    assert p.column_strategy(src("public.users.email"), ALICE) == "partial"
+    assert p.column_strategy(src("public.users.email"), PII_READER) is None
+    both = src("public.users.email", "public.users.ssn")
+    assert p.column_strategy(both, PII_READER) == "redact"
+    # exemption names are exact, not globs nor case-folded
+    assert p.column_strategy(src("x.y.email"), Principal("p", frozenset({"PII-READERS"}))) == (
+        "partial"
+    )
+
+
+def test_strictest_of_several_rules_wins_whatever_the_order() -> None:
+    for rules in (
+        [{"columns": ["*.email"], "strategy": "partial"}, {"columns": ["public.*"]}],
+        [{"columns": ["public.*"]}, {"columns": ["*.email"], "strategy": "partial"}],
+    ):
+        assert plan(*rules).column_strategy(src("public.users.email"), ALICE) == "redact"
+    p = plan(
+        {"columns": ["*.ssn"], "strategy": "hash"},
+        {"columns": ["*.ssn"], "strategy": "null"},
+        {"columns": ["*.ssn"], "strategy": "partial"},
+    )
+    assert p.column_strategy(src("public.users.ssn"), ALICE) == "null"
+
+
+def test_explain_says_which_rule_and_source() -> None:
+    p = plan(
+        {"columns": ["*.email"], "strategy": "partial", "except_groups": ["pii-readers"]},
+        {"detect": ["email"]},
+        {"columns": ["*.ssn"], "strategy": "redact"},
+    )
+    reasons = p.explain(src("public.users.id", "public.users.ssn"), PII_READER)
+    assert [(r.index, r.sources, r.strategy, r.exempt) for r in reasons] == [
+        (2, ("public.users.ssn",), "redact", False)
+    ]
+    reasons = p.explain(src("public.users.email"), PII_READER)
+    assert [(r.index, r.exempt) for r in reasons] == [(0, True)]
+
+
+def test_detectors_for_principal() -> None:
+    p = plan(
+        {"detect": ["email", "credit_card"], "strategy": "partial"},
+        {"detect": ["credit_card", "us_ssn"], "strategy": "null"},
+        {"detect": ["jwt"], "except_groups": ["developers"]},
+        {"columns": ["*.ssn"]},
+    )
+    assert p.detectors_for(ALICE) == [
+        ("email", "partial"),
+        ("credit_card", "null"),
+        ("us_ssn", "null"),
+    ]
+    assert ("jwt", "redact") in p.detectors_for(Principal("bot"))
+    assert plan({"columns": ["*.ssn"]}).detectors_for(ALICE) == []
+
+
+# --------------------------------------------------------------------------- mask_rows
+
+ROWS = [
+    (1, "Alice", "alice@example.com", "123-45-6789", {"k": "v"}),
+    (2, "Bob", None, "987-65-4321", None),
+]
+
+
+def test_mask_rows_by_position() -> None:
+    out = mask_rows(ROWS, [None, None, "partial", "redact", "null"], hash_key=KEY)
+    assert out == [
+        (1, "Alice", "a***@example.com", MASKED, None),
+        (2, "Bob", None, MASKED, None),
+    ]
+    assert all(isinstance(r, tuple) for r in out)
+    hashed = mask_rows(ROWS, [None, "hash", "hash", None, "hash"], hash_key=KEY)
+    h = Hasher(KEY)
+    assert hashed[0] == (1, h("Alice"), h("alice@example.com"), "123-45-6789", h({"k": "v"}))
+    assert hashed[1][2] is None and hashed[1][4] is None
+
+
+def test_mask_rows_masks_composite_values_whole() -> None:
+    rows = [([{"email": "a@b.com"}], '{"email": "a@b.com"}', ("x", "y"))]
+    out = mask_rows(rows, ["partial", "partial", "partial"], types=["jsonb[]", "jsonb", "record"])
+    assert out == [(MASKED, MASKED, MASKED)]
+    # without types, the values themselves say they are composite
+    assert mask_rows(rows, ["partial"] * 3) == [(MASKED, MASKED, MASKED)]
+
+
+def test_mask_rows_refuses_a_strategy_list_that_does_not_fit() -> None:
+    with pytest.raises(ValueError):
+        mask_rows(ROWS, ["redact", None])
+    with pytest.raises(ValueError):
+        mask_rows(ROWS, [None, None])
+    with pytest.raises(ValueError):
+        mask_rows([(1, 2), (1,)], ["redact", None])
+
+
+def test_mask_rows_edge_shapes() -> None:
+    assert mask_rows([], ["redact"]) == []
+    assert mask_rows([(1,)], ["redact"]) == [(MASKED,)]
+    assert mask_rows([(1,), (None,)], [None]) == [(1,), (None,)]
+    wide = [tuple(range(300))]
+    out = mask_rows(wide, ["null" if i % 2 else None for i in range(300)])
+    assert out[0][:4] == (0, None, 2, None)
+
+
+# --------------------------------------------------------------------------- mask_result
+
+
+def result(columns: list[tuple[str, str]], rows: list[tuple[object, ...]]) -> QueryResult:
+    return QueryResult([Column(n, t) for n, t in columns], rows, len(rows), False, 1.0)
+
+
+def test_mask_result_columns_then_detectors() -> None:
+    r = result(
+        [("id", "int4"), ("email", "text"), ("note", "text"), ("doc", "jsonb"), ("tags", "text[]")],
+        [
+            (1, "a@x.com", "card 4242 4242 4242 4242 ok", '{"e": "bob@example.com"}', ["c@x.org"]),
+            (2, None, "nothing to see", '{"a": 1}', None),
+        ],
+    )
+    dets = [("email", "redact"), ("credit_card", "partial")]
+    masked, flags = mask_result(r, [None, "partial", None, None, None], dets, hash_key=KEY)
+    assert flags == [False, True, False, False, False]
+    assert masked.rows == [
+        (1, "***@x.com", "card ************4242 ok", '{"e":"[MASKED]"}', [MASKED]),
+        (2, None, "nothing to see", '{"a": 1}', None),
+    ]
+    assert r.rows[0][1] == "a@x.com"  # the input is not changed
+    assert masked.row_count == 2 and masked.elapsed_ms == 1.0
+    content = structured(masked, masked=flags)
+    assert content["columns"][1] == {"name": "email", "type": "text", "masked": True}
+    assert content["rows"][0][3] == {"e": MASKED}
+    text = text_table(masked, masked=flags)
+    assert "a@x.com" not in text and "bob@example.com" not in text and "4242 4242" not in text
+
+
+def test_mask_result_labelled_and_numeric_values() -> None:
+    r = result(
+        [("ssn", "int4"), ("card", "int8"), ("amount", "numeric"), ("id", "int8")],
+        [(123456789, 4242424242424242, decimal.Decimal("5555555555554444"), 123456789)],
+    )
+    masked, flags = mask_result(r, [None] * 4, [("us_ssn", "null"), ("credit_card", "redact")])
+    assert flags == [False] * 4
+    assert masked.rows == [(None, MASKED, MASKED, 123456789)]
+
+
+def test_mask_result_bytea_and_hash_detector() -> None:
+    r = result([("raw", "bytea"), ("note", "text")], [(b"mail me: a@example.com", "a@example.com")])
+    masked, _ = mask_result(r, [None, None], [("email", "hash")], hash_key=KEY)
+    h = Hasher(KEY)
+    assert masked.rows == [(h(b"mail me: a@example.com"), h("a@example.com"))]
+
+
+def test_mask_result_private_key_across_rows_is_masked() -> None:
+    lines = ["-----BEGIN RSA PRIVATE KEY-----", "MIIEowIBAAKCAQEA", "-----END RSA PRIVATE KEY-----"]
+    r = result([("line", "text")], [(line,) for line in [*lines, "after"]])
+    masked, _ = mask_result(r, [None], [("private_key", "redact")])
+    assert masked.rows == [(MASKED,), (MASKED,), (MASKED,), ("after",)]
+
+
+def test_mask_result_without_masks_or_detectors() -> None:
+    r = result([("a", "text")], [("a@example.com",)])
+    masked, flags = mask_result(r, [None], [])
+    assert masked.rows == r.rows and flags == [False]
+    with pytest.raises(ValueError):
+        mask_result(r, [None, None], [])
+
+
+def test_mask_result_null_strategy_and_hash_key_needed() -> None:
+    r = result([("note", "text")], [("write to a@example.com",)])
+    masked, _ = mask_result(r, [None], [("email", "null")])
+    assert masked.rows == [(None,)]
+    with pytest.raises(ValueError):
+        mask_result(r, [None], [("email", "hash")])
+
+
+# --------------------------------------------------------------------------- tool results
+
+
+def test_scan_tool_result_text_json_and_plain() -> None:
+    dets = [("email", "partial"), ("us_ssn", "null"), ("aws_access_key", "redact")]
+    doc = {"users": [{"email": "alice@example.com", "ssn": "123-45-6789", "n": 1}]}
+    out = json.loads(scan_tool_result_text(json.dumps(doc, indent=2), dets, KEY))
+    assert out == {"users": [{"email": "a***@example.com", "ssn": None, "n": 1}]}
+    clean = json.dumps({"a": [1, 2, "x"]}, indent=2)
+    assert scan_tool_result_text(clean, dets, KEY) is clean  # untouched text kept as is
+    plain = "key AKIAIOSFODNN7EXAMPLE for alice@example.com, ssn 123-45-6789"
+    assert scan_tool_result_text(plain, dets, KEY) == (
+        "key [MASKED] for a***@example.com, ssn [MASKED]"
+    )
+    assert scan_tool_result_text("not [json", dets, KEY) == "not [json"
+
+
+def test_mask_result_cells_are_judged_alone() -> None:
+    r = result(
+        [("doc", "jsonb"), ("note", "text")],
+        [
+            ('{"e": "alice\\u0040example.com"}', "SSN"),  # an escaped "@" in JSON text
+            ("x", "123456789"),  # the label is in the previous cell: not an SSN
+            ("ssn: 123456789", "y"),
+        ],
+    )
+    masked, _ = mask_result(r, [None, None], [("email", "redact"), ("us_ssn", "redact")])
+    assert masked.rows == [
+        ('{"e":"[MASKED]"}', "SSN"),
+        ("x", "123456789"),
+        (f"ssn: {MASKED}", "y"),
+    ]
