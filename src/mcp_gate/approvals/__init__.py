@@ -1,0 +1,47 @@
+"""Approvals: calls held for a human decision (DESIGN §5).
+
+`ApprovalService` is the state machine over a durable `ApprovalStore` (SQLite now); `api`
+serves it to approvers (`admin_routes`), `notify` fans events out to waiters, SSE clients
+and an optional webhook.
+"""
+
+from __future__ import annotations
+
+from .api import ApiError, Unauthorized, admin_routes, bearer_authenticator
+from .model import (
+    ApprovalDecision,
+    ApprovalError,
+    ApprovalEvent,
+    ApprovalRequest,
+    Conflict,
+    Forbidden,
+    NotFound,
+    Status,
+    arguments_digest,
+)
+from .notify import Notifier, Subscription, WebhookSender
+from .service import ApprovalService
+from .store import ApprovalStore, SqliteApprovalStore, StoreError
+
+__all__ = [
+    "ApiError",
+    "ApprovalDecision",
+    "ApprovalError",
+    "ApprovalEvent",
+    "ApprovalRequest",
+    "ApprovalService",
+    "ApprovalStore",
+    "Conflict",
+    "Forbidden",
+    "NotFound",
+    "Notifier",
+    "SqliteApprovalStore",
+    "Status",
+    "StoreError",
+    "Subscription",
+    "Unauthorized",
+    "WebhookSender",
+    "admin_routes",
+    "arguments_digest",
+    "bearer_authenticator",
+]

@@ -1,0 +1,577 @@
+"""Durable storage of approval requests: the interface and its SQLite implementation.
+
+The interface is small and knows nothing of SQL. Every method that changes state is one
+atomic compare-and-set in the store, so several service instances (threads, processes, or
+replicas sharing a PostgreSQL store later) can race and exactly one wins:
+
+- `create` returns the existing open request (pending and not yet due, or approved and not
+  executed) with the same requester, target, tool, argument digest and policy version
+  instead of inserting a second one;
+- `decide` records one vote and applies the state machine in the same transaction: a deny
+  closes the request, approvals close it when `quorum` distinct approvers have approved;
+  nothing is recorded once the request has left `pending`, or when it is due (then it is
+  expired instead);
+- `withdraw`, `mark_executed`, `expire_due` move a request only from the state they expect.
+
+Who may do what (approver groups, own request, requester) is the service's business: those
+facts never change after creation, so the service checks them before calling the store.
+
+`SqliteApprovalStore` runs every statement on one connection in one dedicated thread (a
+queue of jobs), so the event loop never blocks on disk, and a caller that is cancelled while
+its job runs cannot let another job (or `close`) onto the connection at the same time.
+WAL mode, `synchronous=FULL` (a decision that was reported is on disk), `BEGIN IMMEDIATE`
+transactions (the write lock is taken before anything is read, so two processes on the same
+file serialise instead of both reading `pending`), and a busy timeout for such waits.
+
+Schema (version 1; `mcp_gate_schema` records one version per component):
+
+    approvals(id PK, status, subject, groups JSON, client_id, target, tool,
+              arguments_digest, sql, policy_version, reasons JSON, approvers JSON,
+              quorum, justification, estimated_rows, created_at, expires_at,
+              decided_at, executed_at)
+        UNIQUE (subject, target, tool, arguments_digest, policy_version)
+               WHERE status IN ('pending', 'approved')        -- at most one open duplicate
+        INDEX (status, expires_at), INDEX (created_at)
+    approval_decisions(request_id → approvals, approver, approver_groups JSON,
+                       decision approve|deny, reason, at,
+                       UNIQUE (request_id, approver, decision))  -- a vote counts once
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import json
+import sqlite3
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Collection, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, TypeVar
+
+from mcp_gate.calls import Principal
+
+from .model import ApprovalDecision, ApprovalRequest, Status
+
+T = TypeVar("T")
+
+
+class DecideOutcome(StrEnum):
+    """What `ApprovalStore.decide` did."""
+
+    RECORDED = "recorded"  # vote recorded; still pending (quorum not reached yet)
+    APPROVED = "approved"  # vote recorded; it completed the quorum
+    DENIED = "denied"  # vote recorded; it denied the request
+    DUPLICATE = "duplicate"  # this approver had already cast this vote: nothing changed
+    NOT_FOUND = "not_found"
+    NOT_PENDING = "not_pending"  # already left pending: nothing recorded
+    EXPIRED = "expired"  # it was due: expired now, nothing recorded
+
+
+@dataclass(frozen=True, slots=True)
+class DecideResult:
+    outcome: DecideOutcome
+    approval: ApprovalRequest | None  # the state after the call (None when not found)
+
+
+@dataclass(frozen=True, slots=True)
+class CreateResult:
+    approval: ApprovalRequest  # the new request, or the existing identical open one
+    created: bool
+    expired: tuple[ApprovalRequest, ...] = ()  # requests the store expired on the way
+
+
+class StoreError(Exception):
+    """The store is closed, unusable, or was written by a newer version."""
+
+
+class ApprovalStore(ABC):
+    """Durable approval requests. All methods are safe to call concurrently."""
+
+    @abstractmethod
+    async def open(self) -> None:
+        """Connect and create or migrate the schema (idempotent)."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Release the connection (idempotent)."""
+
+    @abstractmethod
+    async def create(self, approval: ApprovalRequest, now: float) -> CreateResult:
+        """Insert `approval` (status pending, no decisions) unless an identical open request
+        exists (see the module docstring); requests due at `now` are expired first."""
+
+    @abstractmethod
+    async def get(self, approval_id: str) -> ApprovalRequest | None:
+        """The request as stored (no expiry applied), or None."""
+
+    @abstractmethod
+    async def list(
+        self,
+        *,
+        statuses: Collection[Status] | None = None,
+        limit: int = 100,
+        visible_to: Principal | None = None,
+    ) -> builtins.list[ApprovalRequest]:
+        """Newest first. `visible_to` keeps the principal's own requests and those whose
+        approver groups include one of the principal's groups."""
+
+    @abstractmethod
+    async def decide(self, approval_id: str, decision: ApprovalDecision) -> DecideResult:
+        """Record one vote at `decision.at` and apply the state machine atomically."""
+
+    @abstractmethod
+    async def withdraw(self, approval_id: str, subject: str, at: float) -> ApprovalRequest | None:
+        """pending (not due) → withdrawn if `subject` is the requester; None otherwise."""
+
+    @abstractmethod
+    async def mark_executed(self, approval_id: str, at: float) -> ApprovalRequest | None:
+        """approved → executed; None if it was not approved (including already executed)."""
+
+    @abstractmethod
+    async def set_justification(
+        self, approval_id: str, subject: str, text: str | None
+    ) -> ApprovalRequest | None:
+        """Set the requester's justification while pending; None if not pending or not
+        `subject`'s request."""
+
+    @abstractmethod
+    async def expire_due(self, now: float) -> builtins.list[ApprovalRequest]:
+        """Expire every pending request with `expires_at <= now`; the ones this call moved."""
+
+    @abstractmethod
+    async def next_expiry(self) -> float | None:
+        """The earliest `expires_at` among pending requests."""
+
+
+# -- SQLite ------------------------------------------------------------------------------------
+
+SCHEMA_VERSION = 1
+_COMPONENT = "approvals"
+
+_SCHEMA_V1 = (
+    """
+    CREATE TABLE approvals (
+        id               TEXT PRIMARY KEY,
+        status           TEXT NOT NULL CHECK (status IN
+                           ('pending','approved','denied','expired','withdrawn','executed')),
+        subject          TEXT NOT NULL,
+        groups           TEXT NOT NULL,
+        client_id        TEXT,
+        target           TEXT NOT NULL,
+        tool             TEXT NOT NULL,
+        arguments_digest TEXT NOT NULL,
+        sql              TEXT,
+        policy_version   TEXT NOT NULL,
+        reasons          TEXT NOT NULL,
+        approvers        TEXT NOT NULL,
+        quorum           INTEGER NOT NULL CHECK (quorum >= 1),
+        justification    TEXT,
+        estimated_rows   INTEGER,
+        created_at       REAL NOT NULL,
+        expires_at       REAL NOT NULL,
+        decided_at       REAL,
+        executed_at      REAL
+    )
+    """,
+    """
+    CREATE UNIQUE INDEX approvals_open_identical
+        ON approvals (subject, target, tool, arguments_digest, policy_version)
+        WHERE status IN ('pending', 'approved')
+    """,
+    "CREATE INDEX approvals_status_expiry ON approvals (status, expires_at)",
+    "CREATE INDEX approvals_created ON approvals (created_at)",
+    """
+    CREATE TABLE approval_decisions (
+        request_id      TEXT NOT NULL REFERENCES approvals (id) ON DELETE CASCADE,
+        approver        TEXT NOT NULL,
+        approver_groups TEXT NOT NULL,
+        decision        TEXT NOT NULL CHECK (decision IN ('approve', 'deny')),
+        reason          TEXT,
+        at              REAL NOT NULL,
+        UNIQUE (request_id, approver, decision)
+    )
+    """,
+)
+
+_OPEN = "('pending', 'approved')"
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+class SqliteApprovalStore(ApprovalStore):
+    """`ApprovalStore` in a SQLite file (created with its directory if missing)."""
+
+    def __init__(self, path: str | Path, *, busy_timeout: float = 10.0) -> None:
+        self.path = Path(path)
+        self.busy_timeout = busy_timeout
+        self._conn: sqlite3.Connection | None = None
+        self._thread: ThreadPoolExecutor | None = None
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        if self._conn is not None:
+            return
+        thread = ThreadPoolExecutor(1, thread_name_prefix="mcp-gate-approvals-sqlite")
+        try:
+            self._conn = await asyncio.wrap_future(thread.submit(self._connect))
+        except BaseException:
+            thread.shutdown(wait=False)
+            raise
+        self._thread = thread
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        thread, self._thread = self._thread, None
+        if conn is not None and thread is not None:
+            # Queued behind whatever is still running on the connection, even work whose
+            # caller was cancelled: the connection is only ever touched by this one thread.
+            closing = thread.submit(conn.close)
+            thread.shutdown(wait=False)
+            await asyncio.wrap_future(closing)
+
+    def _connect(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(
+            self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
+        )
+        try:
+            conn.row_factory = sqlite3.Row
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise StoreError(f"{self.path}: cannot use WAL mode (got {mode})")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            self._migrate(conn)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        def migrate(c: sqlite3.Connection) -> None:
+            c.execute(
+                "CREATE TABLE IF NOT EXISTS mcp_gate_schema "
+                "(component TEXT PRIMARY KEY, version INTEGER NOT NULL)"
+            )
+            row = c.execute(
+                "SELECT version FROM mcp_gate_schema WHERE component = ?", (_COMPONENT,)
+            ).fetchone()
+            version = row[0] if row else 0
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"{self.path}: approvals schema version {version} is newer than this "
+                    f"mcp-gate understands ({SCHEMA_VERSION})"
+                )
+            if version < 1:
+                for statement in _SCHEMA_V1:
+                    c.execute(statement)
+            c.execute(
+                "INSERT INTO mcp_gate_schema (component, version) VALUES (?, ?) "
+                "ON CONFLICT (component) DO UPDATE SET version = excluded.version",
+                (_COMPONENT, SCHEMA_VERSION),
+            )
+
+        self._transaction(conn, migrate)
+
+    @staticmethod
+    def _transaction(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = fn(conn)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return result
+
+    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        conn, thread = self._require()
+        return await asyncio.wrap_future(thread.submit(self._transaction, conn, fn))
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        conn, thread = self._require()
+        return await asyncio.wrap_future(thread.submit(self._snapshot, conn, fn))
+
+    @staticmethod
+    def _snapshot(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """`fn` in a read transaction: a request and its decisions from one snapshot."""
+        conn.execute("BEGIN")
+        try:
+            return fn(conn)
+        finally:
+            conn.execute("COMMIT")
+
+    def _require(self) -> tuple[sqlite3.Connection, ThreadPoolExecutor]:
+        if self._conn is None or self._thread is None:
+            raise StoreError("the approval store is not open")
+        return self._conn, self._thread
+
+    # -- loading ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _load(conn: sqlite3.Connection, rows: Sequence[sqlite3.Row]) -> list[ApprovalRequest]:
+        if not rows:
+            return []
+        ids = [row["id"] for row in rows]
+        decisions: dict[str, list[ApprovalDecision]] = {i: [] for i in ids}
+        marks = ",".join("?" * len(ids))
+        for d in conn.execute(
+            f"SELECT * FROM approval_decisions WHERE request_id IN ({marks}) ORDER BY at, rowid",
+            ids,
+        ):
+            decisions[d["request_id"]].append(
+                ApprovalDecision(
+                    approver=d["approver"],
+                    approver_groups=frozenset(json.loads(d["approver_groups"])),
+                    decision=d["decision"],
+                    reason=d["reason"],
+                    at=d["at"],
+                )
+            )
+        return [
+            ApprovalRequest(
+                id=row["id"],
+                status=Status(row["status"]),
+                principal=Principal(
+                    subject=row["subject"],
+                    groups=frozenset(json.loads(row["groups"])),
+                    client_id=row["client_id"],
+                ),
+                target=row["target"],
+                tool=row["tool"],
+                arguments_digest=row["arguments_digest"],
+                policy_version=row["policy_version"],
+                approvers=tuple(json.loads(row["approvers"])),
+                quorum=row["quorum"],
+                created_at=row["created_at"],
+                expires_at=row["expires_at"],
+                sql=row["sql"],
+                reasons=tuple(json.loads(row["reasons"])),
+                justification=row["justification"],
+                estimated_rows=row["estimated_rows"],
+                decisions=tuple(decisions[row["id"]]),
+                decided_at=row["decided_at"],
+                executed_at=row["executed_at"],
+            )
+            for row in rows
+        ]
+
+    @classmethod
+    def _load_ids(cls, conn: sqlite3.Connection, ids: Sequence[str]) -> list[ApprovalRequest]:
+        if not ids:
+            return []
+        marks = ",".join("?" * len(ids))
+        rows = conn.execute(f"SELECT * FROM approvals WHERE id IN ({marks})", list(ids))
+        by_id = {a.id: a for a in cls._load(conn, rows.fetchall())}
+        return [by_id[i] for i in ids if i in by_id]
+
+    @classmethod
+    def _load_one(cls, conn: sqlite3.Connection, approval_id: str) -> ApprovalRequest | None:
+        found = cls._load_ids(conn, [approval_id])
+        return found[0] if found else None
+
+    @staticmethod
+    def _expire_due(conn: sqlite3.Connection, now: float) -> list[str]:
+        rows = conn.execute(
+            "UPDATE approvals SET status = 'expired', decided_at = expires_at "
+            "WHERE status = 'pending' AND expires_at <= ? RETURNING id",
+            (now,),
+        ).fetchall()
+        return [row[0] for row in rows]
+
+    # -- the interface ----------------------------------------------------------------------
+
+    async def create(self, approval: ApprovalRequest, now: float) -> CreateResult:
+        if approval.status != Status.PENDING or approval.decisions:
+            raise ValueError("a new approval request must be pending, without decisions")
+
+        def tx(conn: sqlite3.Connection) -> CreateResult:
+            expired = self._load_ids(conn, self._expire_due(conn, now))
+            row = conn.execute(
+                "SELECT id FROM approvals WHERE subject = ? AND target = ? AND tool = ? "
+                "AND arguments_digest = ? AND policy_version = ? "
+                f"AND status IN {_OPEN} LIMIT 1",
+                (
+                    approval.principal.subject,
+                    approval.target,
+                    approval.tool,
+                    approval.arguments_digest,
+                    approval.policy_version,
+                ),
+            ).fetchone()
+            if row is not None:
+                existing = self._load_one(conn, row[0])
+                assert existing is not None
+                return CreateResult(existing, False, tuple(expired))
+            conn.execute(
+                "INSERT INTO approvals (id, status, subject, groups, client_id, target, tool, "
+                "arguments_digest, sql, policy_version, reasons, approvers, quorum, "
+                "justification, estimated_rows, created_at, expires_at) "
+                "VALUES (?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    approval.id,
+                    approval.principal.subject,
+                    _dumps(sorted(approval.principal.groups)),
+                    approval.principal.client_id,
+                    approval.target,
+                    approval.tool,
+                    approval.arguments_digest,
+                    approval.sql,
+                    approval.policy_version,
+                    _dumps(list(approval.reasons)),
+                    _dumps(list(approval.approvers)),
+                    approval.quorum,
+                    approval.justification,
+                    approval.estimated_rows,
+                    approval.created_at,
+                    approval.expires_at,
+                ),
+            )
+            created = self._load_one(conn, approval.id)
+            assert created is not None
+            return CreateResult(created, True, tuple(expired))
+
+        return await self._write(tx)
+
+    async def get(self, approval_id: str) -> ApprovalRequest | None:
+        return await self._read(lambda conn: self._load_one(conn, approval_id))
+
+    async def list(
+        self,
+        *,
+        statuses: Collection[Status] | None = None,
+        limit: int = 100,
+        visible_to: Principal | None = None,
+    ) -> builtins.list[ApprovalRequest]:
+        where: builtins.list[str] = []
+        params: builtins.list[Any] = []
+        if statuses is not None:
+            if not statuses:
+                return []
+            where.append(f"status IN ({','.join('?' * len(statuses))})")
+            params += [str(s) for s in statuses]
+        if visible_to is not None:
+            clause = "subject = ?"
+            params.append(visible_to.subject)
+            groups = sorted(visible_to.groups)
+            if groups:
+                clause += (
+                    " OR EXISTS (SELECT 1 FROM json_each(approvals.approvers) AS g "
+                    f"WHERE g.value IN ({','.join('?' * len(groups))}))"
+                )
+                params += groups
+            where.append(f"({clause})")
+        sql = "SELECT * FROM approvals"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY created_at DESC, id LIMIT ?"
+        params.append(max(0, int(limit)))
+
+        return await self._read(lambda conn: self._load(conn, conn.execute(sql, params).fetchall()))
+
+    async def decide(self, approval_id: str, decision: ApprovalDecision) -> DecideResult:
+        def tx(conn: sqlite3.Connection) -> DecideResult:
+            row = conn.execute(
+                "SELECT status, expires_at, quorum FROM approvals WHERE id = ?", (approval_id,)
+            ).fetchone()
+            if row is None:
+                return DecideResult(DecideOutcome.NOT_FOUND, None)
+            if row["status"] != Status.PENDING:
+                return DecideResult(DecideOutcome.NOT_PENDING, self._load_one(conn, approval_id))
+            if row["expires_at"] <= decision.at:
+                conn.execute(
+                    "UPDATE approvals SET status = 'expired', decided_at = expires_at "
+                    "WHERE id = ? AND status = 'pending'",
+                    (approval_id,),
+                )
+                return DecideResult(DecideOutcome.EXPIRED, self._load_one(conn, approval_id))
+            inserted = conn.execute(
+                "INSERT INTO approval_decisions "
+                "(request_id, approver, approver_groups, decision, reason, at) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                (
+                    approval_id,
+                    decision.approver,
+                    _dumps(sorted(decision.approver_groups)),
+                    decision.decision,
+                    decision.reason,
+                    decision.at,
+                ),
+            ).rowcount
+            if inserted == 0:
+                return DecideResult(DecideOutcome.DUPLICATE, self._load_one(conn, approval_id))
+            if decision.decision == "deny":
+                final: Status | None = Status.DENIED
+            else:
+                approvals = conn.execute(
+                    "SELECT COUNT(DISTINCT approver) FROM approval_decisions "
+                    "WHERE request_id = ? AND decision = 'approve'",
+                    (approval_id,),
+                ).fetchone()[0]
+                final = Status.APPROVED if approvals >= row["quorum"] else None
+            if final is None:
+                return DecideResult(DecideOutcome.RECORDED, self._load_one(conn, approval_id))
+            moved = conn.execute(
+                "UPDATE approvals SET status = ?, decided_at = ? "
+                "WHERE id = ? AND status = 'pending'",
+                (str(final), decision.at, approval_id),
+            ).rowcount
+            if moved != 1:  # impossible under the write lock; refuse rather than guess
+                raise StoreError(f"approval {approval_id} changed under a write lock")
+            outcome = DecideOutcome.DENIED if final == Status.DENIED else DecideOutcome.APPROVED
+            return DecideResult(outcome, self._load_one(conn, approval_id))
+
+        return await self._write(tx)
+
+    async def _move(self, approval_id: str, sql: str, params: tuple[Any, ...]):
+        def tx(conn: sqlite3.Connection) -> ApprovalRequest | None:
+            if conn.execute(sql, params).rowcount != 1:
+                return None
+            return self._load_one(conn, approval_id)
+
+        return await self._write(tx)
+
+    async def withdraw(self, approval_id: str, subject: str, at: float) -> ApprovalRequest | None:
+        return await self._move(
+            approval_id,
+            "UPDATE approvals SET status = 'withdrawn', decided_at = ? "
+            "WHERE id = ? AND subject = ? AND status = 'pending' AND expires_at > ?",
+            (at, approval_id, subject, at),
+        )
+
+    async def mark_executed(self, approval_id: str, at: float) -> ApprovalRequest | None:
+        return await self._move(
+            approval_id,
+            "UPDATE approvals SET status = 'executed', executed_at = ? "
+            "WHERE id = ? AND status = 'approved'",
+            (at, approval_id),
+        )
+
+    async def set_justification(
+        self, approval_id: str, subject: str, text: str | None
+    ) -> ApprovalRequest | None:
+        return await self._move(
+            approval_id,
+            "UPDATE approvals SET justification = ? "
+            "WHERE id = ? AND subject = ? AND status = 'pending'",
+            (text, approval_id, subject),
+        )
+
+    async def expire_due(self, now: float) -> builtins.list[ApprovalRequest]:
+        return await self._write(lambda conn: self._load_ids(conn, self._expire_due(conn, now)))
+
+    async def next_expiry(self) -> float | None:
+        def read(conn: sqlite3.Connection) -> float | None:
+            row = conn.execute(
+                "SELECT MIN(expires_at) FROM approvals WHERE status = 'pending'"
+            ).fetchone()
+            return row[0]
+
+        return await self._read(read)
