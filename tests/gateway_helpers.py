@@ -58,10 +58,16 @@ class Gateway:
 
 
 def write_config(
-    folder: Path, *, port: int, dsn: str, write_dsn: str | None, extra: str = ""
+    folder: Path,
+    *,
+    port: int,
+    dsn: str,
+    write_dsn: str | None,
+    extra: str = "",
+    policies: Path | None = None,
 ) -> Path:
     """An mcp-gate.toml with the dev issuer and one connection named `demo`."""
-    policies = Path(__file__).resolve().parents[1] / "policies.toml"
+    policies = policies or Path(__file__).resolve().parents[1] / "policies.toml"
     text = f"""[server]
 listen = "127.0.0.1:{port}"
 policies = "{policies.as_posix()}"
@@ -101,11 +107,19 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 
 
 @contextlib.contextmanager
 def running_gateway(
-    folder: Path, *, dsn: str, write_dsn: str | None, env: dict[str, str], extra: str = ""
+    folder: Path,
+    *,
+    dsn: str,
+    write_dsn: str | None,
+    env: dict[str, str],
+    extra: str = "",
+    policies: Path | None = None,
 ) -> Iterator[Gateway]:
     """Start `mcp-gate serve` on a free port; stop it (SIGTERM, then SIGKILL) afterwards."""
     port = free_port()
-    config = write_config(folder, port=port, dsn=dsn, write_dsn=write_dsn, extra=extra)
+    config = write_config(
+        folder, port=port, dsn=dsn, write_dsn=write_dsn, extra=extra, policies=policies
+    )
     full_env = {**os.environ, **env}
     gateway = Gateway(folder, config, f"http://127.0.0.1:{port}/mcp", full_env)
     gateway.log = folder / "gateway.log"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from mcp import types
@@ -76,7 +77,19 @@ class Pipeline:
             connection=upstream.connection_of(name, args),
         )
         inspection = inspect_call(call, upstream.sql_argument(name))
+        inspection = await upstream.analyze(call, principal, inspection)
         decision = self._policy().engine.decide(principal, call, inspection)
+        if inspection.unresolved is not None and decision.decision != "deny":
+            # Fail closed: what cannot be traced cannot be masked, whatever the policy allows.
+            decision = replace(
+                decision, decision="deny", deciding=("lineage_unresolved",), default_used=False
+            )
+            return error_result(
+                "mcp-gate: denied (lineage_unresolved): the gateway cannot tell which columns "
+                f"this query returns, so it cannot mask them: {inspection.unresolved}. "
+                "Rewrite the query with plain column references.",
+                decision,
+            )
         # Debug only: the audit record (not the log) is the account of every call, and a log
         # line per call at info level was measured costing about 1 ms.
         log.debug(

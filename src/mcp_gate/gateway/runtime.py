@@ -13,12 +13,16 @@ import anyio
 
 from mcp_gate.auth import DevIssuer, JwtVerifier
 from mcp_gate.config import GateConfig, SecretError, read_secret
+from mcp_gate.gateway.keys import load_key
 from mcp_gate.gateway.pipeline import Pipeline
+from mcp_gate.mask.rules import MaskPlan
 from mcp_gate.policy.loader import LoadedPolicy, PolicyError, load_policy
-from mcp_gate.sqltools.builtin import BuiltinSql, Connection
+from mcp_gate.sqltools.builtin import BuiltinSql, Connection, Masking
 from mcp_gate.sqltools.pool import create_pool
 
 log = logging.getLogger("mcp_gate.runtime")
+
+HASH_KEY_FILE = "mask-hash.key"
 
 
 class StartupError(Exception):
@@ -32,6 +36,7 @@ class PolicyHolder:
     path: Path
     current: LoadedPolicy
     _mtime: float = field(default=0.0)
+    _plan: tuple[str, MaskPlan] | None = None
 
     @classmethod
     def load(cls, path: Path) -> PolicyHolder:
@@ -44,6 +49,14 @@ class PolicyHolder:
 
     def __call__(self) -> LoadedPolicy:
         return self.current
+
+    def mask_plan(self) -> MaskPlan:
+        """The `[[mask]]` rules of the policy in force, compiled once per policy version."""
+        cached = self._plan
+        if cached is None or cached[0] != self.current.version:
+            cached = (self.current.version, MaskPlan(self.current.model.mask))
+            self._plan = cached
+        return cached[1]
 
     def reload_if_changed(self) -> bool:
         """Reload when the file changed; keep the current policy if the new one is bad."""
@@ -115,9 +128,12 @@ async def open_connections(config: GateConfig) -> AsyncIterator[dict[str, Connec
                         await pool.close()
 
 
-def build_pipeline(policy: PolicyHolder, connections: dict[str, Connection]) -> Pipeline:
+def build_pipeline(
+    policy: PolicyHolder, connections: dict[str, Connection], data_dir: Path
+) -> Pipeline:
     """The pipeline over the built-in SQL tools (wrapped upstreams join later)."""
-    upstreams = [BuiltinSql(connections)] if connections else []
+    masking = Masking(policy.mask_plan, load_key(data_dir, HASH_KEY_FILE))
+    upstreams = [BuiltinSql(connections, masking)] if connections else []
     return Pipeline(policy, upstreams)
 
 

@@ -96,7 +96,7 @@ async def serve_http(
     sock = bind_socket(host, port)
     try:
         async with open_connections(config) as connections:
-            pipeline = build_pipeline(policy, connections)
+            pipeline = build_pipeline(policy, connections, config.data_dir)
             await pipeline.list_tools()
             server = build_server(pipeline, http_principal)
             app = build_http_app(
@@ -136,7 +136,7 @@ async def serve_stdio(config: GateConfig) -> None:
     local = config.model.auth.local
     principal = Principal(local.subject, frozenset(local.groups))
     async with open_connections(config) as connections:
-        pipeline = build_pipeline(policy, connections)
+        pipeline = build_pipeline(policy, connections, config.data_dir)
         await pipeline.list_tools()
         server = build_server(pipeline, lambda _ctx: principal)
         async with anyio.create_task_group() as tg:

@@ -31,6 +31,12 @@ class Upstream(Protocol):
         """The database connection a call of `tool` targets, if any."""
         ...
 
+    async def analyze(
+        self, call: ToolCall, principal: Principal, inspection: Inspection
+    ) -> Inspection:
+        """Add what only this upstream can know (lineage against its catalog) before deciding."""
+        ...
+
     async def call_tool(
         self, call: ToolCall, principal: Principal, inspection: Inspection
     ) -> types.CallToolResult:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 
 class SqlKind(StrEnum):
@@ -82,7 +83,8 @@ class Inspection:
     """Everything the gateway learned about a call before deciding on it.
 
     `columns` holds the resolved base columns (`schema.table.column`) once lineage has run,
-    None before; `extra_risks` holds flags added by stages after classification.
+    None before; `extra_risks` holds flags added by stages after classification
+    (`sensitive_predicate`, `lineage_unresolved`).
     """
 
     sql: SqlInspection | None = None
@@ -90,6 +92,10 @@ class Inspection:
     estimated_rows: int | None = None
     columns: frozenset[str] | None = None
     extra_risks: frozenset[str] = field(default_factory=frozenset)
+    #: Per-output-position lineage (`mcp_gate.inspect.lineage.Lineage`) of a traced read.
+    lineage: Any = None
+    #: Why lineage could not be resolved; the call is then refused whatever the policy says.
+    unresolved: str | None = None
 
     @property
     def risks(self) -> frozenset[str]:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import Any
 
 import jsonschema
@@ -12,9 +13,14 @@ from mcp import types
 
 from mcp_gate.calls import Principal, ToolCall
 from mcp_gate.config import ConnectionSettings
-from mcp_gate.inspect.model import Inspection, SqlKind
+from mcp_gate.inspect.catalog import CatalogCache, CatalogError
+from mcp_gate.inspect.lineage import LineageCache, LineageUnresolved
+from mcp_gate.inspect.model import Inspection, Risk, SqlKind
+from mcp_gate.mask.apply import mask_result
+from mcp_gate.mask.rules import MaskPlan
+from mcp_gate.mask.scan import scan_value
 from mcp_gate.sqltools import catalog_queries, execute, results
-from mcp_gate.sqltools.errors import SqlToolError
+from mcp_gate.sqltools.errors import FieldCountMismatch, SqlToolError
 
 log = logging.getLogger("mcp_gate.sqltools")
 
@@ -24,6 +30,10 @@ READ_KINDS = frozenset({SqlKind.SELECT, SqlKind.EXPLAIN})
 WRITE_KINDS = frozenset(
     {SqlKind.INSERT, SqlKind.UPDATE, SqlKind.DELETE, SqlKind.MERGE, SqlKind.DDL}
 )
+#: Statement kinds whose output is traced column by column (DML: its RETURNING list).
+TRACED_KINDS = frozenset(
+    {SqlKind.SELECT, SqlKind.INSERT, SqlKind.UPDATE, SqlKind.DELETE, SqlKind.MERGE}
+)
 #: Statement kinds `sql_explain` may wrap: the planner explains, nothing executes.
 EXPLAINABLE = frozenset(
     {SqlKind.SELECT, SqlKind.INSERT, SqlKind.UPDATE, SqlKind.DELETE, SqlKind.MERGE}
@@ -32,12 +42,18 @@ EXPLAINABLE = frozenset(
 
 @dataclass
 class Connection:
-    """A configured connection with its pools (the write pool only with `write_dsn`)."""
+    """A configured connection with its pools (the write pool only with `write_dsn`) and the
+    catalog its queries are traced against."""
 
     name: str
     settings: ConnectionSettings
     read_pool: Any
     write_pool: Any | None = None
+    catalog: CatalogCache | None = None
+
+    def __post_init__(self) -> None:
+        if self.catalog is None and self.read_pool is not None:
+            self.catalog = CatalogCache(self.read_pool, stale_after=300.0)
 
     @property
     def statement_timeout_ms(self) -> int:
@@ -46,6 +62,25 @@ class Connection:
     @property
     def lock_timeout_ms(self) -> int:
         return int(self.settings.lock_timeout * 1000)
+
+
+@dataclass
+class Masking:
+    """What masking needs at run time: the policy's compiled `[[mask]]` rules and the key
+    of the `hash` strategy."""
+
+    plan: Callable[[], MaskPlan]
+    hash_key: bytes
+
+    def detectors(self, principal: Principal) -> list[tuple[str, str]]:
+        return self.plan().detectors_for(principal)
+
+    def scrub(self, value: Any, principal: Principal) -> Any:
+        """Value detectors over any JSON-like value (tool output, error text)."""
+        detectors = self.detectors(principal)
+        if not detectors:
+            return value
+        return scan_value(value, detectors, hash_key=self.hash_key)
 
 
 def _text(text: str) -> list[types.ContentBlock]:
@@ -61,10 +96,12 @@ class BuiltinSql:
 
     name = UPSTREAM_NAME
 
-    def __init__(self, connections: dict[str, Connection]) -> None:
+    def __init__(self, connections: dict[str, Connection], masking: Masking) -> None:
         if not connections:
             raise ValueError("the built-in SQL tools need at least one connection")
         self.connections = connections
+        self.masking = masking
+        self._lineage = LineageCache()
         self._tools = self._build_tools()
         self._validators = {
             t.name: jsonschema.Draft202012Validator(t.input_schema) for t in self._tools
@@ -211,33 +248,124 @@ class BuiltinSql:
             return f"invalid arguments for {tool}: {error.message}"
         return f"invalid arguments for {tool}: argument {where or '(root)'!r}: {error.message}"
 
+    async def analyze(
+        self, call: ToolCall, principal: Principal, inspection: Inspection
+    ) -> Inspection:
+        """Trace the lineage of what `sql_query` returns, against the connection's catalog.
+
+        Reads and DML with RETURNING are traced; a query that cannot be traced is marked
+        unresolved (refused). Masked columns used in predicates set `sensitive_predicate`.
+        """
+        sql = inspection.sql
+        conn = self.connections.get(call.connection or "")
+        if call.tool != "sql_query" or sql is None or conn is None or conn.catalog is None:
+            return inspection
+        if sql.statement_count != 1 or sql.kind not in TRACED_KINDS:
+            return inspection
+        try:
+            catalog = await conn.catalog.get()
+            lineage = self._lineage.trace(sql.text, catalog, inspection=sql)
+        except LineageUnresolved as exc:
+            return replace(
+                inspection,
+                unresolved=exc.reason,
+                extra_risks=inspection.extra_risks | {"lineage_unresolved"},
+            )
+        except (CatalogError, SqlToolError) as exc:
+            return replace(
+                inspection,
+                unresolved=f"the catalog could not be loaded ({type(exc).__name__})",
+                extra_risks=inspection.extra_risks | {"lineage_unresolved"},
+            )
+        plan = self.masking.plan()
+        risks = set(inspection.extra_risks)
+        if any(plan.column_strategy(frozenset({c}), principal) for c in lineage.predicate_columns):
+            risks.add(str(Risk.SENSITIVE_PREDICATE))
+        return replace(
+            inspection,
+            lineage=lineage,
+            columns=lineage.referenced_columns,
+            extra_risks=frozenset(risks),
+        )
+
     async def call_tool(
         self, call: ToolCall, principal: Principal, inspection: Inspection
     ) -> types.CallToolResult:
-        """Run an allowed call on the connection it targets."""
+        """Run an allowed call on the connection it targets; mask what it returns."""
         conn = self.connections.get(call.connection or "")
         if conn is None:
             return _error(f"mcp-gate: unknown connection {call.connection!r}.")
         try:
             if call.tool == "sql_query":
-                return await self._query(conn, call.arguments, inspection)
+                return await self._query(conn, call.arguments, inspection, principal)
             if call.tool == "sql_explain":
-                return await self._explain(conn, call.arguments, inspection)
-            if call.tool == "sql_list_tables":
-                return await self._list_tables(conn, call.arguments)
-            if call.tool == "sql_describe_table":
-                return await self._describe(conn, call.arguments)
+                result = await self._explain(conn, call.arguments, inspection)
+            elif call.tool == "sql_list_tables":
+                result = await self._list_tables(conn, call.arguments)
+            elif call.tool == "sql_describe_table":
+                result = await self._describe(conn, call.arguments)
+            else:
+                return _error(f"mcp-gate: unknown tool {call.tool!r}.")
         except SqlToolError as exc:
-            return _error(f"mcp-gate: {exc}")
-        return _error(f"mcp-gate: unknown tool {call.tool!r}.")
+            # PostgreSQL quotes offending values in its messages (`invalid input syntax for
+            # type integer: "ann@example.com"`): errors pass the detectors too.
+            return _error(self.masking.scrub(f"mcp-gate: {exc}", principal))
+        return self._scrub_result(result, principal)
+
+    def _scrub_result(
+        self, result: types.CallToolResult, principal: Principal
+    ) -> types.CallToolResult:
+        content = [
+            c.model_copy(update={"text": self.masking.scrub(c.text, principal)})
+            if isinstance(c, types.TextContent)
+            else c
+            for c in result.content
+        ]
+        structured = self.masking.scrub(result.structured_content, principal)
+        return result.model_copy(update={"content": content, "structured_content": structured})
 
     # -- the tools -------------------------------------------------------------------------
     async def _query(
-        self, conn: Connection, args: dict[str, Any], inspection: Inspection
+        self, conn: Connection, args: dict[str, Any], inspection: Inspection, principal: Principal
     ) -> types.CallToolResult:
         sql = inspection.sql
         if sql is None or sql.statement_count != 1:
             return _error("mcp-gate: sql_query runs exactly one statement.")
+        lineage = inspection.lineage
+        if sql.kind in TRACED_KINDS and lineage is None:
+            # analyze() traces every such statement; never run one untraced.
+            return _error("mcp-gate: denied (lineage_unresolved): the query was not traced.")
+        try:
+            result = await self._run_query(conn, args, sql, lineage)
+        except FieldCountMismatch:
+            if conn.catalog is not None:
+                conn.catalog.invalidate()  # the schema changed under the catalog
+            return _error(
+                "mcp-gate: denied (lineage_unresolved): the database returns a different number "
+                "of columns than the gateway's catalog expects; the catalog is being refreshed, "
+                "try again."
+            )
+        except SqlToolError as exc:
+            return _error(self.masking.scrub(f"mcp-gate: {exc}", principal))
+        if isinstance(result, types.CallToolResult):
+            return result
+        plan = self.masking.plan()
+        if lineage is not None:
+            strategies = plan.column_strategies([o.sources for o in lineage.outputs], principal)
+        else:
+            strategies = [None] * len(result.columns)
+        masked, flags = mask_result(
+            result, strategies, plan.detectors_for(principal), hash_key=self.masking.hash_key
+        )
+        return types.CallToolResult(
+            content=_text(results.text_table(masked, flags)),
+            structured_content=results.structured(masked, flags),
+        )
+
+    async def _run_query(
+        self, conn: Connection, args: dict[str, Any], sql: Any, lineage: Any
+    ) -> Any:
+        expected = len(lineage.outputs) if lineage is not None else None
         params = args.get("params") or None
         max_rows = min(int(args.get("max_rows") or conn.settings.max_rows), conn.settings.max_rows)
         if sql.kind in READ_KINDS:
@@ -249,6 +377,7 @@ class BuiltinSql:
                 statement_timeout_ms=conn.statement_timeout_ms,
                 lock_timeout_ms=conn.lock_timeout_ms,
                 idle_timeout_ms=conn.statement_timeout_ms + 5000,
+                expected_columns=expected,
             )
         elif sql.kind in WRITE_KINDS:
             if conn.write_pool is None:
@@ -264,12 +393,13 @@ class BuiltinSql:
                 lock_timeout_ms=conn.lock_timeout_ms,
                 max_rows=max_rows,
             )
+            if sql.kind is SqlKind.DDL and conn.catalog is not None:
+                conn.catalog.invalidate()
+            if expected is not None and len(result.columns) != expected:
+                raise FieldCountMismatch(expected, len(result.columns))
         else:
             return _error(f"mcp-gate: the gateway does not run {sql.kind} statements.")
-        return types.CallToolResult(
-            content=_text(results.text_table(result)),
-            structured_content=results.structured(result),
-        )
+        return result
 
     async def _explain(
         self, conn: Connection, args: dict[str, Any], inspection: Inspection
