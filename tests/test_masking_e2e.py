@@ -8,11 +8,12 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import subprocess
 from collections.abc import Iterator
 
 import pytest
 
-from gateway_helpers import Gateway, running_gateway, text_of
+from gateway_helpers import MCP_GATE, Gateway, running_gateway, text_of
 from lineage_corpus import CORPUS, SENSITIVE_VALUES, SETUP_SQL
 from mcp_gate.inspect.model import SqlKind
 from mcp_gate.inspect.sql import inspect_sql
@@ -138,3 +139,37 @@ async def test_error_text_is_scrubbed(gateway: Gateway) -> None:
         result = await client.call_tool("sql_query", {"sql": "SELECT email::int FROM users"})
         assert result.is_error
         assert not leaked(result), text_of(result)
+
+
+def test_policy_test_explains_masked_columns(gateway: Gateway) -> None:
+    """`mcp-gate policy test --config` traces against the live catalog, as the gateway does."""
+    policies = gateway.folder / "policies.toml"
+    sql = (
+        "SELECT u.name, lower(u.email) AS e, o.total FROM users u JOIN orders o ON o.user_id = u.id"
+    )
+    done = subprocess.run(
+        [*MCP_GATE, "policy", "test", str(policies), "--config", str(gateway.config),
+         "--sql", sql, "--json"],
+        env=gateway.env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    answer = json.loads(done.stdout)
+    outputs = answer["columns"]["outputs"]
+    assert [o["masked"] for o in outputs] == [None, "redact", None]
+    assert outputs[1]["sources"] == ["public.users.email"]
+    assert outputs[1]["rules"][0]["patterns"][0] == "*.email"
+    assert answer["decision"]["decision"] == "allow"
+    peek = subprocess.run(
+        [*MCP_GATE, "policy", "test", str(policies), "--config", str(gateway.config),
+         "--sql", "SELECT id FROM users WHERE ssn LIKE '1%'", "--json"],
+        env=gateway.env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    answer = json.loads(peek.stdout)
+    assert answer["columns"]["sensitive_predicates"] == ["public.users.ssn"]
+    assert answer["decision"]["decision"] == "review"
+    human = subprocess.run(
+        [*MCP_GATE, "policy", "test", str(policies), "--config", str(gateway.config),
+         "--sql", sql],
+        env={**gateway.env, "COLUMNS": "200"}, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert "public.users.email" in human.stdout and "redact" in human.stdout

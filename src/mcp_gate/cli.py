@@ -159,6 +159,15 @@ def policy_test(
         Verdict | None,
         typer.Option("--expect", help="Exit 1 unless the decision is this (for CI checks)."),
     ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            "-C",
+            help="The gateway's mcp-gate.toml: trace output columns against its database "
+            "and show which ones are masked, and why.",
+        ),
+    ] = None,
 ) -> None:
     """Show how the gateway would inspect and decide one call, and which rules decide it.
 
@@ -184,5 +193,6 @@ def policy_test(
             expect=expect.value if expect else None,
             out=_out,
             err=_err,
+            config=config,
         )
     )

@@ -123,6 +123,7 @@ class ConnectionSettings(_Strict):
     lock_timeout: Duration = 1.0
     pool_size: Annotated[int, Field(ge=1, le=100)] = 10
     schemas: list[str] = ["public"]
+    catalog_refresh: Duration = 300.0
     description: str | None = None
 
     @field_validator("dsn", "write_dsn")

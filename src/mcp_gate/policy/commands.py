@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -10,8 +11,18 @@ from rich.console import Console
 
 from mcp_gate.calls import Principal, ToolCall
 from mcp_gate.inspect.toolcall import inspect_call
+from mcp_gate.mask.rules import MaskPlan
+from mcp_gate.policy.columns import ColumnReport, column_report
 from mcp_gate.policy.loader import LoadedPolicy, PolicyError, load_policy
-from mcp_gate.policy.report import print_check, print_problems, print_test, test_result_to_dict
+from mcp_gate.policy.report import (
+    columns_to_dict,
+    print_check,
+    print_columns,
+    print_problems,
+    print_test,
+    test_result_to_dict,
+)
+from mcp_gate.sqltools.builtin import TRACED_KINDS
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -47,6 +58,7 @@ def test(
     expect: str | None,
     out: Console,
     err: Console,
+    config: Path | None = None,
 ) -> int:
     """Inspect and decide one call as the gateway would; print why."""
     if (sql is None) == (tool is None):
@@ -72,11 +84,39 @@ def test(
         call = ToolCall(tool or "", args, upstream, connection)
     principal = Principal(subject, frozenset(g for g in groups if g))
     inspection = inspect_call(call)
+    report: ColumnReport | None = None
+    traced = inspection.sql is not None and inspection.sql.kind in TRACED_KINDS
+    if config is not None and traced and inspection.sql is not None:
+        report = column_report(
+            config, connection, inspection.sql, MaskPlan(policy.model.mask), principal
+        )
+        risks = set(inspection.extra_risks)
+        if report.unresolved:
+            risks.add("lineage_unresolved")
+        elif report.sensitive_predicates:
+            risks.add("sensitive_predicate")
+        inspection = replace(inspection, extra_risks=frozenset(risks))
+        if report.lineage is not None:
+            inspection = replace(inspection, columns=report.lineage.referenced_columns)
     decision = policy.engine.decide(principal, call, inspection)
+    if report is not None and report.unresolved and decision.decision != "deny":
+        decision = replace(decision, decision="deny", deciding=("lineage_unresolved",))
     if as_json:
-        out.print_json(json.dumps(test_result_to_dict(principal, call, inspection, decision)))
+        answer = test_result_to_dict(principal, call, inspection, decision)
+        if report is not None:
+            answer["columns"] = columns_to_dict(report)
+        out.print_json(json.dumps(answer))
     else:
         print_test(out, call, inspection, decision)
+        if report is not None:
+            print_columns(out, report)
+        elif traced:
+            out.print(
+                "columns: pass --config mcp-gate.toml to trace which output columns the "
+                "gateway would mask (lineage needs the database's catalog)",
+                style="dim",
+                highlight=False,
+            )
     if expect is not None and expect != decision.decision:
         err.print(f"[red]expected {expect}, got {decision.decision}[/]")
         return EXIT_FAILURE

@@ -13,6 +13,7 @@ from rich.text import Text
 
 from mcp_gate.calls import Principal, ToolCall
 from mcp_gate.inspect.model import Inspection, SqlInspection
+from mcp_gate.policy.columns import ColumnReport
 from mcp_gate.policy.engine import Decision
 from mcp_gate.policy.loader import LoadedPolicy, PolicyError
 
@@ -174,3 +175,56 @@ def print_test(
     for note in decision.unknown:
         lines.append(Text(f"   not evaluated: {note}", style="dim"))
     console.print(Panel(Group(*lines), title="decision", title_align="left"))
+
+
+def columns_to_dict(report: ColumnReport) -> dict[str, Any]:
+    """The per-column masking verdicts for `--json`."""
+    return {
+        "problem": report.problem,
+        "sensitive_predicates": list(report.sensitive_predicates),
+        "outputs": [
+            {
+                "position": c.position,
+                "name": c.name,
+                "sources": list(c.sources),
+                "masked": c.strategy,
+                "rules": [
+                    {"mask": r.index + 1, "patterns": list(r.patterns), "exempt": r.exempt}
+                    for r in c.reasons
+                ],
+            }
+            for c in report.columns
+        ],
+    }
+
+
+def print_columns(console: Console, report: ColumnReport) -> None:
+    """Each output column: masked or not, the base columns it derives from, and the rule."""
+    if report.problem is not None:
+        console.print(Panel(Text(report.problem, style="red"), title="columns", title_align="left"))
+        return
+    table = Table(title="columns", title_justify="left")
+    for header in ("#", "output", "masked", "derives from", "because"):
+        table.add_column(header)
+    for c in report.columns:
+        because = "; ".join(
+            f"[[mask]] #{r.index + 1} {', '.join(r.patterns)}"
+            + (" (exempt: your groups)" if r.exempt else "")
+            for r in c.reasons
+        )
+        table.add_row(
+            str(c.position + 1),
+            Text(c.name),
+            Text(c.strategy or "no", style="bold yellow" if c.strategy else "green"),
+            Text(", ".join(c.sources) or "(no column: a constant or expression)"),
+            Text(because or "-"),
+        )
+    console.print(table)
+    if report.sensitive_predicates:
+        console.print(
+            Text(
+                "masked columns used to filter, join, group or sort (sensitive_predicate): "
+                + ", ".join(report.sensitive_predicates),
+                style="yellow",
+            )
+        )

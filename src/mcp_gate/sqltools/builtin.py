@@ -53,7 +53,9 @@ class Connection:
 
     def __post_init__(self) -> None:
         if self.catalog is None and self.read_pool is not None:
-            self.catalog = CatalogCache(self.read_pool, stale_after=300.0)
+            # Refreshed on this interval, after DDL the gateway ran, and when a result's
+            # field count disagrees with the analysis.
+            self.catalog = CatalogCache(self.read_pool, stale_after=self.settings.catalog_refresh)
 
     @property
     def statement_timeout_ms(self) -> int:

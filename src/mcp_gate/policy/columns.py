@@ -1,0 +1,98 @@
+"""`policy test --sql … --config F`: which output columns the gateway would mask, and why.
+
+Lineage needs the database's catalog, so this opens one read-only connection with the
+gateway's own config (the same DSN and password reference the gateway uses).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+
+from mcp_gate.calls import Principal
+from mcp_gate.config import ConfigFileError, SecretError, load_config, read_secret
+from mcp_gate.inspect.catalog import load_catalog
+from mcp_gate.inspect.lineage import Lineage, LineageUnresolved, trace
+from mcp_gate.inspect.model import SqlInspection
+from mcp_gate.mask.rules import MaskPlan, MaskReason
+from mcp_gate.sqltools.errors import SqlToolError
+from mcp_gate.sqltools.pool import create_pool
+
+
+@dataclass(frozen=True, slots=True)
+class ColumnVerdict:
+    """One output position: where it comes from and what masking does to it."""
+
+    position: int
+    name: str
+    sources: tuple[str, ...]
+    strategy: str | None
+    reasons: tuple[MaskReason, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ColumnReport:
+    """The traced columns, or why there are none."""
+
+    lineage: Lineage | None
+    columns: tuple[ColumnVerdict, ...] = ()
+    sensitive_predicates: tuple[str, ...] = ()
+    problem: str | None = None
+    unresolved: bool = False  # the query itself cannot be traced (the gateway denies it)
+
+
+async def _catalog(config_path: Path, connection: str | None):
+    config = load_config(config_path)
+    conns = config.model.connections
+    if not conns:
+        raise LookupError(f"{config_path} configures no [connections]")
+    name = connection or (next(iter(conns)) if len(conns) == 1 else None)
+    if name not in conns:
+        raise LookupError(f"name one of the connections with --connection: {', '.join(conns)}")
+    settings = conns[name]
+    password = read_secret(
+        settings.password_env, settings.password_file, config.file.parent, f"connection {name!r}"
+    )
+    pool = await create_pool(settings.dsn, password=password, min_size=1, max_size=1, retries=1)
+    try:
+        return await load_catalog(pool, settings.schemas)
+    finally:
+        await pool.close()
+
+
+def column_report(
+    config_path: Path,
+    connection: str | None,
+    sql: SqlInspection,
+    plan: MaskPlan,
+    principal: Principal,
+) -> ColumnReport:
+    """Trace `sql` against the live catalog and apply the mask rules, as the gateway would."""
+    try:
+        catalog = anyio.run(_catalog, config_path, connection)
+    except (ConfigFileError, LookupError, SecretError, SqlToolError, OSError) as exc:
+        return ColumnReport(None, problem=f"cannot load the catalog: {exc}")
+    try:
+        lineage = trace(sql.text, catalog, inspection=sql)
+    except LineageUnresolved as exc:
+        return ColumnReport(
+            None, problem=f"lineage_unresolved: {exc.reason} (the call is denied)", unresolved=True
+        )
+    columns = tuple(
+        ColumnVerdict(
+            o.position,
+            o.name,
+            tuple(sorted(o.sources)),
+            plan.column_strategy(o.sources, principal),
+            tuple(plan.explain(o.sources, principal)),
+        )
+        for o in lineage.outputs
+    )
+    predicates = tuple(
+        sorted(
+            c for c in lineage.predicate_columns if plan.column_strategy(frozenset({c}), principal)
+        )
+    )
+    return ColumnReport(lineage, columns, predicates)
