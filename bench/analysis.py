@@ -14,16 +14,14 @@ from __future__ import annotations
 import sys
 
 # bench/inspect.py is named like the standard library's `inspect` and a script's folder comes
-# first on sys.path: drop bench/ before anything imports `inspect`.
+# first on sys.path: move bench/ behind the standard library before anything imports it.
 if sys.path and sys.path[0].rstrip("/").endswith("bench"):
-    sys.path.pop(0)
+    sys.path.append(sys.path.pop(0))  # after the standard library, not before
 
 import argparse
 import contextlib
-import importlib.util
 import statistics
 import time
-from pathlib import Path
 
 import sqlglot
 from sqlglot.optimizer.qualify import qualify
@@ -32,6 +30,7 @@ from sqlglot.schema import MappingSchema
 from mcp_gate.inspect.catalog import Catalog, Relation
 from mcp_gate.inspect.lineage import LineageCache, LineageUnresolved, trace
 from mcp_gate.inspect.sql import inspect_sql
+from report import write_section  # bench/report.py (bench/ is on sys.path, last)
 
 USERS = ("id", "name", "email", "ssn", "Email", "card_number", "created_at")
 CATALOG = Catalog.from_relations(
@@ -151,13 +150,7 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     if args.write:
-        spec = importlib.util.spec_from_file_location(
-            "bench_report", Path(__file__).with_name("report.py")
-        )
-        assert spec is not None and spec.loader is not None
-        report = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(report)
-        report.write_section(
+        write_section(
             "analysis", "Analysis before a read (classification + lineage)",
             "python bench/analysis.py --write", text,
         )  # fmt: skip

@@ -9,9 +9,9 @@ from __future__ import annotations
 import sys
 
 # bench/inspect.py is named like the standard library's `inspect` and a script's folder comes
-# first on sys.path: drop bench/ before anything imports `inspect`.
+# first on sys.path: move bench/ behind the standard library before anything imports it.
 if sys.path and sys.path[0].rstrip("/").endswith("bench"):
-    sys.path.pop(0)
+    sys.path.append(sys.path.pop(0))  # after the standard library, not before
 
 from typing import Any
 

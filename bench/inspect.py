@@ -15,19 +15,17 @@ from __future__ import annotations
 import sys
 
 # This file is named like the standard library's `inspect`, and `python bench/inspect.py` puts
-# bench/ first on sys.path: drop it before anything imports `inspect`.
+# bench/ first on sys.path: move it behind the standard library before anything imports it.
 if sys.path and sys.path[0].rstrip("/").endswith("bench"):
-    sys.path.pop(0)
+    sys.path.append(sys.path.pop(0))  # after the standard library, not before
 
 import argparse
 import fnmatch
-import importlib.util
 import json
 import platform
 import statistics
 import timeit
 import tomllib
-from pathlib import Path
 
 import sqlglot
 from pglast.parser import parse_sql_json
@@ -36,17 +34,7 @@ from mcp_gate.calls import Principal, ToolCall
 from mcp_gate.inspect.model import Inspection
 from mcp_gate.inspect.sql import inspect_sql
 from mcp_gate.policy import parse_policy
-
-
-def _write_section(*args: str) -> None:
-    spec = importlib.util.spec_from_file_location(
-        "bench_report", Path(__file__).with_name("report.py")
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module.write_section(*args)
-
+from report import write_section  # bench/report.py (bench/ is on sys.path, last)
 
 QUERIES = {
     "point lookup": "SELECT id, email FROM users WHERE id = 42",
@@ -183,7 +171,7 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     if args.write:
-        _write_section(
+        write_section(
             "inspect",
             "SQL classification and policy decisions",
             "python bench/inspect.py --write",

@@ -19,14 +19,13 @@ from __future__ import annotations
 import sys
 
 # bench/inspect.py is named like the standard library's `inspect` and a script's folder comes
-# first on sys.path: drop bench/ before anything imports `inspect`.
+# first on sys.path: move bench/ behind the standard library before anything imports it.
 if sys.path and sys.path[0].rstrip("/").endswith("bench"):
-    sys.path.pop(0)
+    sys.path.append(sys.path.pop(0))  # after the standard library, not before
 
 import argparse
 import datetime as dt
 import decimal
-import importlib.util
 import platform
 import random
 import re
@@ -38,6 +37,7 @@ from pathlib import Path
 from mcp_gate.mask import DETECTORS, mask_result, mask_rows, scanner
 from mcp_gate.sqltools.model import Column, QueryResult
 from mcp_gate.sqltools.results import text_table
+from report import write_section  # bench/report.py (bench/ is on sys.path, last)
 
 BENCH = Path(__file__).resolve().parent
 KEY = b"bench-masking-key-0123456789abcdef"
@@ -206,13 +206,7 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     if args.write:
-        spec = importlib.util.spec_from_file_location("bench_report", BENCH / "report.py")
-        assert spec is not None and spec.loader is not None
-        report = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(report)
-        report.write_section(
-            "masking", "Masking and detectors", "python bench/masking.py --write", text
-        )
+        write_section("masking", "Masking and detectors", "python bench/masking.py --write", text)
 
 
 if __name__ == "__main__":

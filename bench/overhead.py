@@ -18,13 +18,12 @@ from __future__ import annotations
 import sys
 
 # bench/inspect.py is named like the standard library's `inspect` and a script's folder comes
-# first on sys.path: drop bench/ before anything imports `inspect`.
+# first on sys.path: move bench/ behind the standard library before anything imports it.
 if sys.path and sys.path[0].rstrip("/").endswith("bench"):
-    sys.path.pop(0)
+    sys.path.append(sys.path.pop(0))  # after the standard library, not before
 
 import argparse
 import contextlib
-import importlib.util
 import os
 import platform
 import secrets
@@ -45,6 +44,7 @@ from mcp.client.streamable_http import streamable_http_client
 
 from mcp_gate.demo.embedded import EmbeddedPostgres, free_port, start_embedded_postgres
 from mcp_gate.demo.sample import load_sample
+from report import write_section  # bench/report.py (bench/ is on sys.path, last)
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -267,11 +267,7 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     if args.write:
-        spec = importlib.util.spec_from_file_location("bench_report", BENCH / "report.py")
-        assert spec is not None and spec.loader is not None
-        report = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(report)
-        report.write_section(
+        write_section(
             "overhead",
             "Gateway overhead on the data path",
             "python bench/overhead.py --write",
