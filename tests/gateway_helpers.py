@@ -44,13 +44,12 @@ class Gateway:
         return out.stdout.strip()
 
     @contextlib.asynccontextmanager
-    async def client(self, token: str, mode: str = "auto") -> AsyncIterator[Client]:
-        """An SDK client over streamable HTTP with `token` as its bearer."""
+    async def client(self, token: str, mode: str = "auto", **options: Any) -> AsyncIterator[Client]:
+        """An SDK client over streamable HTTP with `token` as its bearer (`options` go to
+        `Client`, e.g. `elicitation_callback`)."""
         http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=60)
-        async with (
-            http,
-            Client(streamable_http_client(self.url, http_client=http), mode=mode, cache=None) as c,
-        ):
+        transport = streamable_http_client(self.url, http_client=http)
+        async with http, Client(transport, mode=mode, cache=None, **options) as c:
             yield c
 
     def stderr(self) -> str:

@@ -26,6 +26,7 @@ from mcp_gate.demo.sample import load_sample
 from pgserver import admin_execute, dsn_with, run_sync, unique_name
 
 pytestmark = pytest.mark.slow
+SAMPLE_POLICY = Path(__file__).resolve().parents[1] / "policies.toml"
 ERAS = ["legacy", "auto"]
 
 
@@ -79,7 +80,12 @@ def shop(pg_dsn: str) -> Iterator[Shop]:
 @pytest.fixture(scope="module")
 def gateway(shop: Shop, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     folder = tmp_path_factory.mktemp("gateway")
-    with running_gateway(folder, dsn=shop.reader, write_dsn=shop.writer, env={}) as gw:
+    # The sample policy, waiting 1 s for approvers instead of 2 minutes.
+    policies = folder / "policies.toml"
+    policies.write_text(SAMPLE_POLICY.read_text().replace('wait = "2m"', 'wait = "1s"'))
+    with running_gateway(
+        folder, dsn=shop.reader, write_dsn=shop.writer, env={}, policies=policies
+    ) as gw:
         yield gw
 
 
@@ -249,8 +255,9 @@ async def test_refusal_names_the_rule(gateway: Gateway, agent_token: str):
             "sql_query", {"sql": "DELETE FROM orders WHERE status = 'cancelled'"}
         )
         assert held.is_error
-        assert "needs approval (approvals not configured)" in text_of(held)
-        assert held.meta["io.mcp-gate/decision"]["decision"] == "review"
+        assert "still waiting for approval by dba" in text_of(held)
+        verdict = held.meta["io.mcp-gate/decision"]
+        assert verdict["decision"] == "review" and verdict["approval_id"].startswith("ap_")
 
 
 @pytest.mark.anyio

@@ -133,8 +133,14 @@ def _print_ready(
     console.print(
         Text.assemble(
             ("\nThen ask your agent to: ", "bold"),
-            "list the tables; show the 5 biggest orders; delete the cancelled orders "
-            "(refused: the rule that refused it is in the answer).\n",
+            "list the tables; show the 5 biggest orders (emails and card numbers come back "
+            "masked); delete all orders (refused, naming the rule); delete the cancelled "
+            "orders (held until a dba approves).\n",
+            ("\nApprove or deny held calls as alice (dba):\n", "bold"),
+            f"  curl -s -H 'Authorization: Bearer {approver}' "
+            f"{url.rsplit('/mcp', 1)[0]}/admin/v1/approvals?status=pending\n",
+            f"  curl -s -X POST -H 'Authorization: Bearer {approver}' "
+            f"{url.rsplit('/mcp', 1)[0]}/admin/v1/approvals/<id>/approve\n",
             ("\nTry from another terminal:\n", "bold"),
             '  mcp-gate policy test --sql "DELETE FROM orders"\n',
             f"  mcp-gate token --config {config} --sub bob --groups dba\n",

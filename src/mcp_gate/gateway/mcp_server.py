@@ -7,9 +7,11 @@ from typing import Any
 
 from mcp import types
 from mcp.server import Server, ServerRequestContext
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from mcp_gate import __version__
 from mcp_gate.calls import Principal
+from mcp_gate.gateway.hold import Interaction
 from mcp_gate.gateway.pipeline import Pipeline
 from mcp_gate.gateway.results import error_result
 
@@ -33,6 +35,30 @@ def http_principal(ctx: ServerRequestContext[Any, Any]) -> Principal | None:
     return principal if isinstance(principal, Principal) else None
 
 
+def interaction_of(
+    ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
+) -> Interaction:
+    """What this request's era and the client's declared capabilities allow."""
+    session = ctx.session
+    caps = session.client_capabilities
+    modern = ctx.protocol_version in MODERN_PROTOCOL_VERSIONS
+
+    async def elicit(message: str, schema: dict[str, Any]) -> types.ElicitResult:
+        return await session.elicit_form(message, schema, related_request_id=ctx.request_id)
+
+    async def progress(done: float, total: float | None, message: str | None) -> None:
+        await session.report_progress(done, total, message)
+
+    return Interaction(
+        modern=modern,
+        can_elicit=caps is not None and caps.elicitation is not None,
+        elicit=None if modern else elicit,
+        progress=progress,
+        input_responses=dict(params.input_responses or {}),
+        request_state=params.request_state,
+    )
+
+
 def build_server(pipeline: Pipeline, principal_of: PrincipalOf) -> Server[Any]:
     """An SDK server whose tools are the pipeline's; calls without a caller are refused."""
 
@@ -43,11 +69,13 @@ def build_server(pipeline: Pipeline, principal_of: PrincipalOf) -> Server[Any]:
 
     async def on_call_tool(
         ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
-    ) -> types.CallToolResult:
+    ) -> types.CallToolResult | types.InputRequiredResult:
         principal = principal_of(ctx)
         if principal is None:
             return error_result("mcp-gate: the caller is not authenticated; nothing was run.")
-        return await pipeline.call_tool(principal, params.name, params.arguments)
+        return await pipeline.call_tool(
+            principal, params.name, params.arguments, interaction_of(ctx, params)
+        )
 
     return Server(
         "mcp-gate",

@@ -15,9 +15,12 @@ from typing import Any
 from mcp import types
 
 from mcp_gate.calls import Principal, ToolCall
+from mcp_gate.gateway.hold import Approvals, Interaction, hold
 from mcp_gate.gateway.results import error_result, refusal_text, with_decision
 from mcp_gate.gateway.upstream import Upstream
+from mcp_gate.inspect.model import Inspection
 from mcp_gate.inspect.toolcall import inspect_call
+from mcp_gate.policy.engine import Decision
 from mcp_gate.policy.loader import LoadedPolicy
 
 log = logging.getLogger("mcp_gate.pipeline")
@@ -26,8 +29,14 @@ log = logging.getLogger("mcp_gate.pipeline")
 class Pipeline:
     """Routes tool calls to upstreams through inspection and policy."""
 
-    def __init__(self, policy: Callable[[], LoadedPolicy], upstreams: list[Upstream]) -> None:
+    def __init__(
+        self,
+        policy: Callable[[], LoadedPolicy],
+        upstreams: list[Upstream],
+        approvals: Approvals | None = None,
+    ) -> None:
         self._policy = policy
+        self._approvals = approvals
         self._upstreams = upstreams
         self._routes: dict[str, Upstream] = {}
         self._schemas: dict[str, dict[str, Any]] = {}
@@ -58,8 +67,12 @@ class Pipeline:
         return self._schemas.get(name)
 
     async def call_tool(
-        self, principal: Principal, name: str, arguments: dict[str, Any] | None
-    ) -> types.CallToolResult:
+        self,
+        principal: Principal,
+        name: str,
+        arguments: dict[str, Any] | None,
+        interaction: Interaction | None = None,
+    ) -> types.CallToolResult | types.InputRequiredResult:
         """Judge and, when allowed, run one call. Never raises for a bad call: it says why."""
         if not self._routes:
             await self.list_tools()
@@ -99,16 +112,37 @@ class Pipeline:
             decision.decision,
             ", ".join(decision.reasons),
         )
+        if decision.decision == "review" and self._approvals is not None:
+            return await hold(
+                self._approvals,
+                principal,
+                call,
+                inspection,
+                decision,
+                interaction or Interaction(),
+                lambda: self._run(upstream, call, principal, inspection, decision),
+            )
         if decision.decision != "allow":
             return error_result(refusal_text(decision), decision)
+        return with_decision(
+            await self._run(upstream, call, principal, inspection, decision), decision
+        )
+
+    async def _run(
+        self,
+        upstream: Upstream,
+        call: ToolCall,
+        principal: Principal,
+        inspection: Inspection,
+        decision: Decision,
+    ) -> types.CallToolResult:
         try:
-            result = await upstream.call_tool(call, principal, inspection)
+            return await upstream.call_tool(call, principal, inspection)
         except Exception:
             # The upstream's own errors are reported by it as isError results; anything
             # escaping here is a bug, and its text may hold internals, so it stays in the log.
-            log.exception("upstream %s failed on %s", upstream.name, name)
+            log.exception("upstream %s failed on %s", upstream.name, call.tool)
             return error_result(
-                f"mcp-gate: the call was allowed but failed inside the gateway ({name}).",
+                f"mcp-gate: the call was allowed but failed inside the gateway ({call.tool}).",
                 decision,
             )
-        return with_decision(result, decision)

@@ -11,8 +11,12 @@ from pathlib import Path
 
 import anyio
 
+from mcp_gate.approvals import ApprovalService, SqliteApprovalStore
 from mcp_gate.auth import DevIssuer, JwtVerifier
 from mcp_gate.config import GateConfig, SecretError, read_secret
+from mcp_gate.gateway.approval_state import KEY_FILE as STATE_KEY_FILE
+from mcp_gate.gateway.approval_state import ApprovalStateCodec
+from mcp_gate.gateway.hold import Approvals
 from mcp_gate.gateway.keys import load_key
 from mcp_gate.gateway.pipeline import Pipeline
 from mcp_gate.mask.rules import MaskPlan
@@ -129,12 +133,40 @@ async def open_connections(config: GateConfig) -> AsyncIterator[dict[str, Connec
 
 
 def build_pipeline(
-    policy: PolicyHolder, connections: dict[str, Connection], data_dir: Path
+    policy: PolicyHolder,
+    connections: dict[str, Connection],
+    data_dir: Path,
+    approvals: ApprovalService | None = None,
 ) -> Pipeline:
     """The pipeline over the built-in SQL tools (wrapped upstreams join later)."""
     masking = Masking(policy.mask_plan, load_key(data_dir, HASH_KEY_FILE))
     upstreams = [BuiltinSql(connections, masking)] if connections else []
-    return Pipeline(policy, upstreams)
+    held = None
+    if approvals is not None:
+        codec = ApprovalStateCodec(load_key(data_dir, STATE_KEY_FILE))
+        held = Approvals(approvals, codec, lambda: policy().model.approval)
+    return Pipeline(policy, upstreams, held)
+
+
+def store_path(config: GateConfig) -> Path:
+    """The SQLite file of `[server] store` (`sqlite:///relative/or/absolute.db`)."""
+    store = config.model.server.store
+    if not store.startswith("sqlite:///"):
+        raise StartupError(
+            f"[server] store = {store.split(':', 1)[0]}:…: only sqlite:/// stores are supported "
+            "so far (the PostgreSQL store for several replicas comes with the audit milestone)"
+        )
+    path = Path(store.removeprefix("sqlite:///"))
+    return path if path.is_absolute() else (config.file.parent / path).resolve()
+
+
+@contextlib.asynccontextmanager
+async def open_approvals(config: GateConfig) -> AsyncIterator[ApprovalService]:
+    """The approval service on the configured store, started and closed with the gateway."""
+    path = store_path(config)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    async with ApprovalService(SqliteApprovalStore(path)) as service:
+        yield service
 
 
 def dev_issuer_for(config: GateConfig) -> DevIssuer | None:

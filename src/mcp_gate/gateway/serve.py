@@ -14,6 +14,7 @@ import anyio
 import uvicorn
 from mcp.server.stdio import stdio_server
 
+from mcp_gate.approvals import admin_routes, bearer_authenticator
 from mcp_gate.auth import dev_issuer_routes
 from mcp_gate.calls import Principal
 from mcp_gate.config import GateConfig
@@ -24,6 +25,7 @@ from mcp_gate.gateway.runtime import (
     StartupError,
     build_pipeline,
     dev_issuer_for,
+    open_approvals,
     open_connections,
     verifier_for,
 )
@@ -95,10 +97,14 @@ async def serve_http(
     host, port = config.listen
     sock = bind_socket(host, port)
     try:
-        async with open_connections(config) as connections:
-            pipeline = build_pipeline(policy, connections, config.data_dir)
+        async with open_connections(config) as connections, open_approvals(config) as approvals:
+            pipeline = build_pipeline(policy, connections, config.data_dir, approvals)
             await pipeline.list_tools()
             server = build_server(pipeline, http_principal)
+            admin = admin_routes(
+                approvals,
+                bearer_authenticator(verifier, resource_metadata_url=None),
+            )
             app = build_http_app(
                 server,
                 verifier=verifier,
@@ -106,7 +112,7 @@ async def serve_http(
                 issuer=config.issuer or "",
                 security=transport_security(host, port, config.model.server.allowed_origins),
                 max_request_bytes=config.model.server.max_request_bytes,
-                extra_routes=dev_issuer_routes(dev) if dev is not None else None,
+                extra_routes=admin + (dev_issuer_routes(dev) if dev is not None else []),
             )
             uv = _Uvicorn(uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="on"))
             async with anyio.create_task_group() as tg:
@@ -135,8 +141,8 @@ async def serve_stdio(config: GateConfig) -> None:
     policy = PolicyHolder.load(config.policies)
     local = config.model.auth.local
     principal = Principal(local.subject, frozenset(local.groups))
-    async with open_connections(config) as connections:
-        pipeline = build_pipeline(policy, connections, config.data_dir)
+    async with open_connections(config) as connections, open_approvals(config) as approvals:
+        pipeline = build_pipeline(policy, connections, config.data_dir, approvals)
         await pipeline.list_tools()
         server = build_server(pipeline, lambda _ctx: principal)
         async with anyio.create_task_group() as tg:

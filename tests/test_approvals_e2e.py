@@ -1,0 +1,162 @@
+"""Held calls end to end: an agent's write waits for a human who answers through the admin
+API; both MCP eras; a real gateway process, real PostgreSQL, real tokens."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import httpx
+import pytest
+from mcp import types
+
+from gateway_helpers import Gateway, running_gateway, text_of
+from mcp_gate.demo.sample import load_sample
+from pgserver import admin_execute, dsn_with, run_sync, unique_name
+
+pytestmark = pytest.mark.slow
+SAMPLE_POLICY = Path(__file__).resolve().parents[1] / "policies.toml"
+
+
+@pytest.fixture(scope="module")
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="module")
+def gateway(pg_dsn: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    name = unique_name("test_approvals")
+    reader, writer = unique_name("reader"), unique_name("writer")
+    reader_pw, writer_pw = secrets.token_urlsafe(12), secrets.token_urlsafe(12)
+    run_sync(lambda: load_sample(pg_dsn, name, reader_pw, writer_pw, reader=reader, writer=writer))
+    db = dsn_with(pg_dsn, database=name)
+    folder = tmp_path_factory.mktemp("approvals")
+    policies = folder / "policies.toml"
+    policies.write_text(SAMPLE_POLICY.read_text().replace('wait = "2m"', 'wait = "15s"'))
+    env = {"GATE_TEST_READER_PW": reader_pw, "GATE_TEST_WRITER_PW": writer_pw}
+    try:
+        with running_gateway(
+            folder,
+            dsn=dsn_with(db, user=reader, password=""),
+            write_dsn=dsn_with(db, user=writer, password=""),
+            env=env,
+            policies=policies,
+        ) as gw:
+            gw.db = db  # type: ignore[attr-defined]
+            yield gw
+    finally:
+        admin_execute(pg_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin_execute(pg_dsn, f'DROP ROLE IF EXISTS "{reader}"', f'DROP ROLE IF EXISTS "{writer}"')
+
+
+def admin(gateway: Gateway, token: str, method: str, path: str, **kw) -> httpx.Response:
+    base = gateway.url.rsplit("/mcp", 1)[0]
+    headers = {"Authorization": f"Bearer {token}"}
+    return httpx.request(method, base + "/admin/v1" + path, headers=headers, timeout=30, **kw)
+
+
+async def decide_when_pending(gateway: Gateway, token: str, verb: str, reason: str) -> dict:
+    """Act as the approver: wait for the pending request, then approve or deny it."""
+    for _ in range(200):
+        listed = await anyio.to_thread.run_sync(
+            lambda: admin(gateway, token, "GET", "/approvals?status=pending")
+        )
+        pending = listed.json()["approvals"]
+        if pending:
+            path = f"/approvals/{pending[0]['id']}/{verb}"
+            done = await anyio.to_thread.run_sync(
+                lambda path=path: admin(gateway, token, "POST", path, json={"reason": reason})
+            )
+            assert done.status_code == 200, done.text
+            return done.json()
+        await anyio.sleep(0.05)
+    raise AssertionError("no pending request appeared")
+
+
+def count_cancelled(gateway: Gateway) -> int:
+    import asyncpg
+
+    async def read() -> int:
+        conn = await asyncpg.connect(gateway.db)  # type: ignore[attr-defined]
+        try:
+            return await conn.fetchval("SELECT count(*) FROM orders WHERE status = 'cancelled'")
+        finally:
+            await conn.close()
+
+    return run_sync(read)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("mode", ["legacy", "auto"])
+async def test_approve_then_deny(gateway: Gateway, mode: str) -> None:
+    agent = gateway.token("agent", "developers")
+    alice = gateway.token("alice", "dba")
+    forms: list[str] = []
+
+    async def answer(ctx, params) -> types.ElicitResult:
+        forms.append(params.message)
+        return types.ElicitResult(action="accept", content={"justification": "cleanup ticket 7"})
+
+    slice_ = 3 if mode == "legacy" else 4  # each era deletes its own rows
+    sql = f"DELETE FROM orders WHERE status = 'cancelled' AND id % 7 = {slice_}"
+    before = count_cancelled(gateway)
+    async with gateway.client(agent, mode, elicitation_callback=answer) as client:
+        async with anyio.create_task_group() as tg:
+            decided: dict = {}
+
+            async def approver() -> None:
+                decided.update(await decide_when_pending(gateway, alice, "approve", "ok"))
+
+            tg.start_soon(approver)
+            result = await client.call_tool("sql_query", {"sql": sql})
+        assert not result.is_error, text_of(result)
+        assert result.structured_content["affected_rows"] > 0
+        assert decided["status"] == "approved" and decided["justification"] == "cleanup ticket 7"
+        assert forms and "approval id ap_" in forms[0] and "dba" in forms[0]
+        assert result.meta["io.mcp-gate/decision"]["approval_id"] == decided["id"]
+        assert count_cancelled(gateway) < before
+
+        # Repeating the identical call after it ran is a new request (an approval runs once).
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(decide_when_pending, gateway, alice, "deny", "not today")
+            denied = await client.call_tool("sql_query", {"sql": sql})
+        assert denied.is_error
+        assert "denied by alice: not today" in text_of(denied)
+
+
+@pytest.mark.anyio
+async def test_decline_withdraws_and_self_approval_is_refused(gateway: Gateway) -> None:
+    dba_agent = gateway.token("bob", "developers,dba")
+
+    async def decline(ctx, params) -> types.ElicitResult:
+        return types.ElicitResult(action="decline")
+
+    sql = "UPDATE orders SET status = 'paid' WHERE id = 1"
+    agent = gateway.token("agent", "developers")
+    async with gateway.client(agent, "legacy", elicitation_callback=decline) as client:
+        result = await client.call_tool("sql_query", {"sql": sql})
+    assert result.is_error and "withdrawn" in text_of(result)
+
+    async def accept(ctx, params) -> types.ElicitResult:
+        return types.ElicitResult(action="accept", content={})
+
+    # A pending request of its own: its requester may not approve it.
+    alice = gateway.token("alice", "dba")
+    async with (
+        gateway.client(agent, "legacy", elicitation_callback=accept) as client,
+        anyio.create_task_group() as tg,
+    ):
+        tg.start_soon(client.call_tool, "sql_query", {"sql": sql + " AND true"})
+        for _ in range(100):
+            listed = admin(gateway, alice, "GET", "/approvals?status=pending")
+            if listed.json()["approvals"]:
+                break
+            await anyio.sleep(0.05)
+        ap = listed.json()["approvals"][0]
+        own = admin(gateway, agent, "POST", f"/approvals/{ap['id']}/approve", json={})
+        assert own.status_code == 403
+        other = admin(gateway, dba_agent, "POST", f"/approvals/{ap['id']}/deny",
+                          json={"reason": "no"})  # fmt: skip
+        assert other.status_code == 200
