@@ -3,7 +3,9 @@ API; both MCP eras; a real gateway process, real PostgreSQL, real tokens."""
 
 from __future__ import annotations
 
+import json
 import secrets
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +14,7 @@ import httpx
 import pytest
 from mcp import types
 
-from gateway_helpers import Gateway, running_gateway, text_of
+from gateway_helpers import MCP_GATE, Gateway, running_gateway, text_of
 from mcp_gate.demo.sample import load_sample
 from pgserver import admin_execute, dsn_with, run_sync, unique_name
 
@@ -160,3 +162,41 @@ async def test_decline_withdraws_and_self_approval_is_refused(gateway: Gateway) 
         other = admin(gateway, dba_agent, "POST", f"/approvals/{ap['id']}/deny",
                           json={"reason": "no"})  # fmt: skip
         assert other.status_code == 200
+
+
+@pytest.mark.anyio
+async def test_cli_lists_and_approves(gateway: Gateway) -> None:
+    """`mcp-gate approvals list|approve` as an approver would script it."""
+    agent = gateway.token("agent", "developers")
+    alice = gateway.token("alice", "dba")
+    base = ["--gateway", gateway.url, "--token", alice]
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*MCP_GATE, "approvals", *args, *base],
+            env=gateway.env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+
+    async def approve_from_cli() -> None:
+        for _ in range(100):
+            listed = await anyio.to_thread.run_sync(lambda: cli("list", "--json"))
+            assert listed.returncode == 0, listed.stderr
+            pending = json.loads(listed.stdout)["approvals"]
+            if pending:
+                done = await anyio.to_thread.run_sync(
+                    lambda ap=pending[0]["id"]: cli("approve", ap, "--reason", "scripted")
+                )
+                assert done.returncode == 0 and "approved" in done.stdout, done.stderr
+                return
+            await anyio.sleep(0.1)
+        raise AssertionError("nothing to approve")
+
+    async with gateway.client(agent, "legacy") as client, anyio.create_task_group() as tg:
+        tg.start_soon(approve_from_cli)
+        result = await client.call_tool(
+            "sql_query", {"sql": "UPDATE orders SET status = 'paid' WHERE id = 2 RETURNING id"}
+        )
+    assert not result.is_error, text_of(result)
+    assert result.structured_content["rows"] == [[2]]
+    wrong = cli("deny", "ap_doesnotexist", "--reason", "x")
+    assert wrong.returncode == 1 and "404" in wrong.stderr

@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 
 from mcp_gate import __version__
+from mcp_gate.approvals import commands as approval_commands
 from mcp_gate.config import DEFAULT_CONFIG
 from mcp_gate.gateway import commands as gateway_commands
 from mcp_gate.policy import commands as policy_commands
@@ -26,6 +27,11 @@ policy_app = typer.Typer(
     help="Check a policies.toml and try calls against it.", no_args_is_help=True
 )
 app.add_typer(policy_app, name="policy")
+approvals_app = typer.Typer(
+    help="Answer held calls as an approver (over the gateway's admin API).",
+    no_args_is_help=True,
+)
+app.add_typer(approvals_app, name="approvals")
 
 _out = Console()
 _err = Console(stderr=True)
@@ -196,3 +202,69 @@ def policy_test(
             config=config,
         )
     )
+
+
+GatewayOption = Annotated[
+    str | None,
+    typer.Option("--gateway", help="The gateway's URL (default: the demo's, or --config's)."),
+]
+TokenOption = Annotated[
+    str | None,
+    typer.Option(
+        "--token", help="Approver bearer token (default: $MCP_GATE_TOKEN, or the demo's)."
+    ),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+
+def _approvals(action: str, **kw: object) -> None:
+    raise typer.Exit(approval_commands.run(action, out=_out, err=_err, **kw))  # type: ignore[arg-type]
+
+
+@approvals_app.command("list")
+def approvals_list(
+    status: Annotated[
+        str, typer.Option("--status", help="pending, approved, denied, … (comma-separated).")
+    ] = "pending",
+    gateway: GatewayOption = None,
+    token: TokenOption = None,
+    config: ConfigPath = Path(DEFAULT_CONFIG),
+    as_json: JsonOption = False,
+) -> None:
+    """List the approval requests you may see (those you could decide, and your own)."""
+    _approvals(
+        "list", approval_id=None, reason=None, status=status, as_json=as_json,
+        gateway=gateway, token=token, config=config,
+    )  # fmt: skip
+
+
+@approvals_app.command("approve")
+def approvals_approve(
+    approval_id: Annotated[str, typer.Argument(help="The request's id (ap_…).")],
+    reason: Annotated[str | None, typer.Option("--reason", help="Why (recorded).")] = None,
+    gateway: GatewayOption = None,
+    token: TokenOption = None,
+    config: ConfigPath = Path(DEFAULT_CONFIG),
+    as_json: JsonOption = False,
+) -> None:
+    """Approve a held call; it runs once the quorum is reached."""
+    _approvals(
+        "approve", approval_id=approval_id, reason=reason, status="", as_json=as_json,
+        gateway=gateway, token=token, config=config,
+    )  # fmt: skip
+
+
+@approvals_app.command("deny")
+def approvals_deny(
+    approval_id: Annotated[str, typer.Argument(help="The request's id (ap_…).")],
+    reason: Annotated[str, typer.Option("--reason", help="Why (required; the agent sees it).")],
+    gateway: GatewayOption = None,
+    token: TokenOption = None,
+    config: ConfigPath = Path(DEFAULT_CONFIG),
+    as_json: JsonOption = False,
+) -> None:
+    """Deny a held call; the agent gets your name and reason."""
+    _approvals(
+        "deny", approval_id=approval_id, reason=reason, status="", as_json=as_json,
+        gateway=gateway, token=token, config=config,
+    )  # fmt: skip

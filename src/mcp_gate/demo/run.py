@@ -136,11 +136,9 @@ def _print_ready(
             "list the tables; show the 5 biggest orders (emails and card numbers come back "
             "masked); delete all orders (refused, naming the rule); delete the cancelled "
             "orders (held until a dba approves).\n",
-            ("\nApprove or deny held calls as alice (dba):\n", "bold"),
-            f"  curl -s -H 'Authorization: Bearer {approver}' "
-            f"{url.rsplit('/mcp', 1)[0]}/admin/v1/approvals?status=pending\n",
-            f"  curl -s -X POST -H 'Authorization: Bearer {approver}' "
-            f"{url.rsplit('/mcp', 1)[0]}/admin/v1/approvals/<id>/approve\n",
+            ("\nApprove or deny held calls as alice (dba), from this folder:\n", "bold"),
+            "  mcp-gate approvals list\n",
+            "  mcp-gate approvals approve <id>    (or: deny <id> --reason '…')\n",
             ("\nTry from another terminal:\n", "bold"),
             '  mcp-gate policy test --sql "DELETE FROM orders"\n',
             f"  mcp-gate token --config {config} --sub bob --groups dba\n",
