@@ -122,3 +122,10 @@ def test_listen_parsing() -> None:
     assert not is_loopback("0.0.0.0") and not is_loopback("10.0.0.1")
     with pytest.raises(ValueError):
         split_listen("8765")
+
+
+def test_password_in_a_url_query_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, '[connections.demo]\ndsn = "postgresql://r@db/app?password=s3cret"\n')
+    with pytest.raises(ConfigFileError, match="password_env") as info:
+        load_config(path)
+    assert "s3cret" not in str(info.value)

@@ -24,6 +24,7 @@ from pydantic import (
 )
 
 from mcp_gate.policy.model import Duration
+from mcp_gate.sqltools.dsn import dsn_password
 from mcp_gate.tomlfile import ConfigFileError, Problem, read_toml, validate
 
 DEFAULT_CONFIG = "mcp-gate.toml"
@@ -35,12 +36,12 @@ class _Strict(BaseModel):
 
 
 def _has_inline_password(dsn: str) -> bool:
-    if "://" in dsn:
-        try:
-            return urlsplit(dsn).password is not None
-        except ValueError:
-            return False
-    return re.search(r"(^|\s)password\s*=", dsn) is not None
+    # The executor's own DSN parser (it also reads `?password=` in URLs); text it cannot
+    # parse is refused as soon as it names a password.
+    return (
+        dsn_password(dsn) is not None
+        or re.search(r"(^|[\s?&])password\s*=", dsn, re.IGNORECASE) is not None
+    )
 
 
 def split_listen(listen: str) -> tuple[str, int]:

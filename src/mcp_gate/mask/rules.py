@@ -127,6 +127,11 @@ class MaskPlan:
             for rule in self._rules_matching(sources)
         ]
 
+    def masked_columns(self, columns: Iterable[str], principal: Principal) -> tuple[str, ...]:
+        """The base columns among `columns` that a rule masks for `principal`, sorted (for
+        `sensitive_predicate`)."""
+        return tuple(sorted(c for c in columns if self.column_strategy(frozenset({c}), principal)))
+
     def detectors_for(self, principal: Principal) -> list[tuple[str, str]]:
         """(detector, strategy) for each detector a non-exempt rule enables, the strictest
         strategy when several rules enable it, in `DETECTORS` order."""

@@ -90,9 +90,5 @@ def column_report(
         )
         for o in lineage.outputs
     )
-    predicates = tuple(
-        sorted(
-            c for c in lineage.predicate_columns if plan.column_strategy(frozenset({c}), principal)
-        )
-    )
+    predicates = plan.masked_columns(lineage.predicate_columns, principal)
     return ColumnReport(lineage, columns, predicates)

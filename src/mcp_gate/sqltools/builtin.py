@@ -281,7 +281,7 @@ class BuiltinSql:
             )
         plan = self.masking.plan()
         risks = set(inspection.extra_risks)
-        if any(plan.column_strategy(frozenset({c}), principal) for c in lineage.predicate_columns):
+        if plan.masked_columns(lineage.predicate_columns, principal):
             risks.add(str(Risk.SENSITIVE_PREDICATE))
         return replace(
             inspection,
