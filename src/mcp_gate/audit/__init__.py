@@ -12,6 +12,7 @@ from .model import (
     StoredEvent,
     VerifyReport,
 )
+from .sqlite_store import SqliteAuditStore
 from .store import AuditStore, AuditUnavailable
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "Direction",
     "EventKind",
     "SessionInfo",
+    "SqliteAuditStore",
     "StoredEvent",
     "VerifyReport",
 ]

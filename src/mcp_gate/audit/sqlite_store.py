@@ -1,0 +1,464 @@
+"""`SqliteAuditStore`: the audit chain in a SQLite file (by default the gateway's `gate.db`,
+next to the approvals tables).
+
+Threads: one writer thread owns the write connection and runs every change; a second thread
+owns a read connection (WAL: reads see the last commit and never wait for the writer). The
+event loop only queues work and awaits futures, so it never blocks on disk.
+
+Group commit: `append` queues its events and waits. The writer takes everything queued (up
+to `max_batch` events), chains it after the head it reads inside `BEGIN IMMEDIATE` (so
+another process appending to the same file is serialised and the chain stays one gap-free
+sequence), inserts the rows, updates the sessions index and the head row, commits once
+(`synchronous=FULL`), then wakes every waiter. If the commit fails (disk full, I/O error,
+read-only file), every waiter of that commit gets `AuditUnavailable`; nothing is dropped in
+silence, and the next commit tries again. After `close`, `append` raises `AuditUnavailable`.
+
+Schema (component `audit` in `mcp_gate_schema`, version 1):
+
+    audit_events(seq PK, prev_hash, hash, session_id, kind, at, direction, method,
+                 request_id, tool, decision, approval_id, duration_ms, data JSON text)
+        INDEX (session_id, seq), INDEX (at)
+    audit_head(id = 1, seq, hash)           -- the chain head; survives pruning
+    audit_sessions(id PK, subject, groups JSON, client_id, transport, era, client_name,
+                   client_version, started_at, ended_at, events, calls, denied)
+        INDEX (started_at), INDEX (subject, started_at)
+    audit_checkpoints(seq PK, head_hash, at, key_id, signature)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from mcp_gate import sqlite_db
+
+from .model import GENESIS, AuditEvent, Checkpoint, SessionInfo, StoredEvent
+from .rows import (
+    EVENT_COLUMNS,
+    SESSION_COLUMNS,
+    IndexChanges,
+    chain,
+    checkpoint_of,
+    data_json,
+    index_changes,
+    session_info,
+    stored_event,
+)
+from .store import AuditStore, AuditUnavailable
+
+T = TypeVar("T")
+
+SCHEMA_VERSION = 1
+COMPONENT = "audit"
+
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: (
+        """
+        CREATE TABLE audit_events (
+            seq         INTEGER PRIMARY KEY,
+            prev_hash   TEXT NOT NULL,
+            hash        TEXT NOT NULL,
+            session_id  TEXT NOT NULL,
+            kind        TEXT NOT NULL,
+            at          REAL NOT NULL,
+            direction   TEXT,
+            method      TEXT,
+            request_id  TEXT,
+            tool        TEXT,
+            decision    TEXT,
+            approval_id TEXT,
+            duration_ms REAL,
+            data        TEXT NOT NULL
+        )
+        """,
+        "CREATE INDEX audit_events_session ON audit_events (session_id, seq)",
+        "CREATE INDEX audit_events_at ON audit_events (at)",
+        """
+        CREATE TABLE audit_head (
+            id   INTEGER PRIMARY KEY CHECK (id = 1),
+            seq  INTEGER NOT NULL,
+            hash TEXT NOT NULL
+        )
+        """,
+        f"INSERT INTO audit_head (id, seq, hash) VALUES (1, 0, '{GENESIS}')",
+        """
+        CREATE TABLE audit_sessions (
+            id             TEXT PRIMARY KEY,
+            subject        TEXT NOT NULL,
+            groups         TEXT NOT NULL,
+            client_id      TEXT,
+            transport      TEXT NOT NULL,
+            era            TEXT,
+            client_name    TEXT,
+            client_version TEXT,
+            started_at     REAL NOT NULL,
+            ended_at       REAL,
+            events         INTEGER NOT NULL DEFAULT 0,
+            calls          INTEGER NOT NULL DEFAULT 0,
+            denied         INTEGER NOT NULL DEFAULT 0
+        )
+        """,
+        "CREATE INDEX audit_sessions_started ON audit_sessions (started_at)",
+        "CREATE INDEX audit_sessions_subject ON audit_sessions (subject, started_at)",
+        """
+        CREATE TABLE audit_checkpoints (
+            seq       INTEGER PRIMARY KEY,
+            head_hash TEXT NOT NULL,
+            at        REAL NOT NULL,
+            key_id    TEXT NOT NULL,
+            signature TEXT NOT NULL
+        )
+        """,
+    ),
+}
+
+_INSERT_EVENT = (
+    f"INSERT INTO audit_events ({', '.join(EVENT_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * len(EVENT_COLUMNS))})"
+)
+_INSERT_SESSION = (
+    f"INSERT INTO audit_sessions ({', '.join(SESSION_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * len(SESSION_COLUMNS))}) ON CONFLICT (id) DO NOTHING"
+)
+_UPDATE_SESSION = (
+    "UPDATE audit_sessions SET events = events + ?, calls = calls + ?, denied = denied + ?, "
+    "ended_at = COALESCE(?, ended_at) WHERE id = ?"
+)
+
+
+@dataclass
+class _Append:
+    items: list[tuple[AuditEvent, str]]
+    future: Future[list[StoredEvent]] = field(default_factory=Future)
+
+
+@dataclass
+class _Job:
+    fn: Callable[[sqlite3.Connection], Any]
+    future: Future[Any] = field(default_factory=Future)
+
+
+_STOP = object()
+
+
+def _resolve(future: Future[T], result: T | None = None, error: BaseException | None = None):
+    # A waiter that was cancelled has its future cancelled already: nothing to wake.
+    with contextlib.suppress(InvalidStateError):
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)  # type: ignore[arg-type]
+
+
+def write_index(conn: sqlite3.Connection, changes: IndexChanges) -> None:
+    """Apply a commit's sessions-index changes (`rows.index_changes`)."""
+    if changes.starts:
+        conn.executemany(_INSERT_SESSION, changes.starts)
+    conn.executemany(
+        _UPDATE_SESSION,
+        [(d.events, d.calls, d.denied, d.ended_at, sid) for sid, d in changes.deltas.items()],
+    )
+
+
+class SqliteAuditStore(AuditStore):
+    """`AuditStore` in a SQLite file (created with its folder if missing)."""
+
+    def __init__(
+        self, path: str | Path, *, busy_timeout: float = 10.0, max_batch: int = 2000
+    ) -> None:
+        self.path = Path(path)
+        self.busy_timeout = busy_timeout
+        self.max_batch = max_batch
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        self._reader: ThreadPoolExecutor | None = None
+        self._read_conn: sqlite3.Connection | None = None
+        self._closed = False
+        self._lock = threading.Lock()  # orders `close` against `append`'s enqueue
+
+    def __repr__(self) -> str:
+        return f"<SqliteAuditStore {self.path}>"
+
+    def _unavailable(self, exc: BaseException) -> AuditUnavailable:
+        return AuditUnavailable(f"the audit store {self.path} cannot record: {exc}")
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        if self._writer is not None:
+            return
+        if self._closed:
+            raise AuditUnavailable("the audit store is closed")
+        ready: Future[None] = Future()
+        writer = threading.Thread(
+            target=self._run, args=(ready,), name="mcp-gate-audit-writer", daemon=True
+        )
+        writer.start()
+        try:
+            await asyncio.wrap_future(ready)
+        except sqlite3.Error as exc:
+            raise self._unavailable(exc) from None
+        reader = ThreadPoolExecutor(1, thread_name_prefix="mcp-gate-audit-reader")
+        try:
+            self._read_conn = await asyncio.wrap_future(reader.submit(self._connect))
+        except sqlite3.Error as exc:
+            reader.shutdown(wait=False)
+            self._queue.put(_STOP)
+            raise self._unavailable(exc) from None
+        self._writer, self._reader = writer, reader
+
+    async def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._queue.put(_STOP)
+        writer, self._writer = self._writer, None
+        reader, self._reader = self._reader, None
+        conn, self._read_conn = self._read_conn, None
+        if writer is not None:
+            # The writer commits everything queued before the stop, then exits.
+            await asyncio.to_thread(writer.join)
+        if reader is not None and conn is not None:
+            closing = reader.submit(conn.close)
+            reader.shutdown(wait=False)
+            await asyncio.wrap_future(closing)
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite_db.connect(self.path, busy_timeout=self.busy_timeout, error=AuditUnavailable)
+        try:
+            sqlite_db.migrate(conn, COMPONENT, _MIGRATIONS, path=self.path, error=AuditUnavailable)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    # -- the writer thread ------------------------------------------------------------------
+
+    def _run(self, ready: Future[None]) -> None:
+        try:
+            conn = self._connect()
+        except BaseException as exc:
+            ready.set_exception(exc)
+            return
+        ready.set_result(None)
+        try:
+            self._loop(conn)
+        finally:
+            conn.close()
+
+    def _loop(self, conn: sqlite3.Connection) -> None:
+        stopping = False
+        while not stopping:
+            items = [self._queue.get()]
+            count = len(items[0].items) if isinstance(items[0], _Append) else 1
+            while count < self.max_batch:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                items.append(item)
+                count += len(item.items) if isinstance(item, _Append) else 1
+            group: list[_Append] = []
+            for item in items:
+                if stopping:
+                    self._fail(item, AuditUnavailable("the audit store is closed"))
+                elif isinstance(item, _Append):
+                    group.append(item)
+                    continue
+                else:
+                    self._commit(conn, group)
+                    group = []
+                    if item is _STOP:
+                        stopping = True
+                    else:
+                        self._job(conn, item)
+            self._commit(conn, group)
+        # Anything queued after the stop (an append racing `close`) is refused, not lost.
+        while True:
+            try:
+                self._fail(self._queue.get_nowait(), AuditUnavailable("the audit store is closed"))
+            except queue.Empty:
+                return
+
+    @staticmethod
+    def _fail(item: Any, error: BaseException) -> None:
+        if isinstance(item, _Append | _Job):
+            _resolve(item.future, error=error)
+
+    def _commit(self, conn: sqlite3.Connection, group: list[_Append]) -> None:
+        if not group:
+            return
+
+        def tx(c: sqlite3.Connection) -> list[list[StoredEvent]]:
+            seq, head_hash = c.execute("SELECT seq, hash FROM audit_head WHERE id = 1").fetchone()
+            results, rows, (seq, head_hash) = chain((seq, head_hash), [a.items for a in group])
+            c.executemany(_INSERT_EVENT, rows)
+            write_index(c, index_changes(e for a in group for e, _ in a.items))
+            c.execute("UPDATE audit_head SET seq = ?, hash = ? WHERE id = 1", (seq, head_hash))
+            return results
+
+        try:
+            results = sqlite_db.transaction(conn, tx)
+        except sqlite3.Error as exc:
+            error = self._unavailable(exc)
+            for a in group:
+                _resolve(a.future, error=error)
+            return
+        for a, stored in zip(group, results, strict=True):
+            _resolve(a.future, stored)
+
+    def _job(self, conn: sqlite3.Connection, job: _Job) -> None:
+        try:
+            result = sqlite_db.transaction(conn, job.fn)
+        except sqlite3.Error as exc:
+            _resolve(job.future, error=self._unavailable(exc))
+        except BaseException as exc:
+            _resolve(job.future, error=exc)
+        else:
+            _resolve(job.future, result)
+
+    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        job = _Job(fn)
+        self._enqueue(job)
+        return await asyncio.wrap_future(job.future)
+
+    def _enqueue(self, item: _Append | _Job) -> None:
+        with self._lock:
+            if self._closed or self._writer is None:
+                raise AuditUnavailable("the audit store is closed")
+            self._queue.put(item)
+
+    # -- reads ------------------------------------------------------------------------------
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        conn, reader = self._read_conn, self._reader
+        if conn is None or reader is None:
+            raise AuditUnavailable("the audit store is closed")
+
+        def snapshot() -> T:
+            conn.execute("BEGIN")
+            try:
+                return fn(conn)
+            finally:
+                conn.execute("COMMIT")
+
+        try:
+            return await asyncio.wrap_future(reader.submit(snapshot))
+        except sqlite3.Error as exc:
+            raise AuditUnavailable(f"the audit store {self.path} cannot be read: {exc}") from None
+        except RuntimeError as exc:  # the reader was shut down by a concurrent close
+            raise AuditUnavailable("the audit store is closed") from exc
+
+    # -- the interface ----------------------------------------------------------------------
+
+    async def append(self, events: Sequence[AuditEvent]) -> builtins.list[StoredEvent]:
+        if not events:
+            return []
+        item = _Append([(event, data_json(event)) for event in events])
+        self._enqueue(item)
+        return await asyncio.wrap_future(item.future)
+
+    async def head(self) -> tuple[int, str]:
+        def read(conn: sqlite3.Connection) -> tuple[int, str]:
+            row = conn.execute("SELECT seq, hash FROM audit_head WHERE id = 1").fetchone()
+            return (row[0], row[1]) if row else (0, GENESIS)
+
+        return await self._read(read)
+
+    async def events(
+        self,
+        *,
+        session_id: str | None = None,
+        since: float | None = None,
+        after_seq: int = 0,
+        limit: int | None = None,
+    ) -> builtins.list[StoredEvent]:
+        sql = f"SELECT {', '.join(EVENT_COLUMNS)} FROM audit_events WHERE seq > ?"
+        params: builtins.list[Any] = [after_seq]
+        if session_id is not None:
+            sql += " AND session_id = ?"
+            params.append(session_id)
+        if since is not None:
+            sql += " AND at >= ?"
+            params.append(since)
+        sql += " ORDER BY seq"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(max(0, int(limit)))
+        return await self._read(
+            lambda conn: [stored_event(r) for r in conn.execute(sql, params).fetchall()]
+        )
+
+    async def sessions(
+        self,
+        *,
+        principal: str | None = None,
+        since: float | None = None,
+        limit: int = 100,
+    ) -> builtins.list[SessionInfo]:
+        sql = "SELECT * FROM audit_sessions WHERE 1 = 1"
+        params: builtins.list[Any] = []
+        if principal is not None:
+            sql += " AND subject = ?"
+            params.append(principal)
+        if since is not None:
+            sql += " AND started_at >= ?"
+            params.append(since)
+        sql += " ORDER BY started_at DESC, id LIMIT ?"
+        params.append(max(0, int(limit)))
+        return await self._read(
+            lambda conn: [session_info(r) for r in conn.execute(sql, params).fetchall()]
+        )
+
+    async def session(self, session_id: str) -> SessionInfo | None:
+        def read(conn: sqlite3.Connection) -> SessionInfo | None:
+            row = conn.execute("SELECT * FROM audit_sessions WHERE id = ?", (session_id,))
+            found = row.fetchone()
+            return None if found is None else session_info(found)
+
+        return await self._read(read)
+
+    async def add_checkpoint(self, checkpoint: Checkpoint) -> None:
+        def tx(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO audit_checkpoints (seq, head_hash, at, key_id, signature) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (seq) DO NOTHING",
+                (
+                    checkpoint.seq,
+                    checkpoint.head_hash,
+                    checkpoint.at,
+                    checkpoint.key_id,
+                    checkpoint.signature,
+                ),
+            )
+
+        await self._write(tx)
+
+    async def checkpoints(self) -> builtins.list[Checkpoint]:
+        return await self._read(
+            lambda conn: [
+                checkpoint_of(r)
+                for r in conn.execute("SELECT * FROM audit_checkpoints ORDER BY seq").fetchall()
+            ]
+        )
+
+    async def prune(self, upto_seq: int) -> int:
+        def tx(conn: sqlite3.Connection) -> int:
+            deleted = conn.execute("DELETE FROM audit_events WHERE seq <= ?", (upto_seq,)).rowcount
+            conn.execute(
+                "DELETE FROM audit_sessions WHERE NOT EXISTS "
+                "(SELECT 1 FROM audit_events e WHERE e.session_id = audit_sessions.id)"
+            )
+            return deleted
+
+        return await self._write(tx)
