@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import hashlib
-import hmac
 import json
 import uuid
 
@@ -21,7 +20,9 @@ from mcp_gate.mask import (
     mask_rows,
     partial,
     redact,
+    redact_text,
     scan_tool_result_text,
+    scan_value,
     strictest,
     value_function,
 )
@@ -35,8 +36,10 @@ ALICE = Principal("alice", frozenset({"developers"}))
 PII_READER = Principal("pat", frozenset({"pii-readers", "developers"}))
 
 
-def hmac_token(key: bytes, data: bytes) -> str:
-    return "h:" + hmac.new(key, data, hashlib.sha256).hexdigest()[:12]
+def mac_token(key: bytes, data: bytes) -> str:
+    """The token as documented, computed independently: keyed BLAKE2s, 6-byte digest."""
+    mac_key = hashlib.blake2s(key, person=b"mcpgkey1").digest()
+    return "h:" + hashlib.blake2s(data, key=mac_key, digest_size=6, person=b"mcpgtok1").hexdigest()
 
 
 # --------------------------------------------------------------------------- strategies
@@ -123,28 +126,49 @@ def test_strategy_order_strictest_wins() -> None:
         strictest(["scramble"])
 
 
-def test_hash_is_hmac_sha256_of_the_tagged_value() -> None:
+def test_hash_is_a_keyed_mac_of_the_tagged_value() -> None:
     h = Hasher(KEY)
-    assert h("alice@example.com") == hmac_token(KEY, b"s:alice@example.com")
-    assert h(42) == hmac_token(KEY, b"n:42")
-    assert h(True) == hmac_token(KEY, b"b:t")
-    assert h(b"\x01\x02") == hmac_token(KEY, b"x:\x01\x02")
+    assert h("alice@example.com") == mac_token(KEY, b"s:alice@example.com")
+    assert h(42) == mac_token(KEY, b"n:42")
+    assert h(True) == mac_token(KEY, b"b:t")
+    assert h(b"\x01\x02") == mac_token(KEY, b"x:\x01\x02")
     token = h("x")
     assert token.startswith("h:") and len(token) == 14
     assert all(c in "0123456789abcdef" for c in token[2:])
 
 
-def test_hash_long_keys_follow_hmac() -> None:
+def test_hash_cannot_be_computed_without_the_key() -> None:
+    # an attacker guessing values offline: no unkeyed hash of the value (or of its tagged
+    # encoding) gives the token, and every byte of the key counts, whatever its length
+    value = "123-45-6789"
+    token = Hasher(KEY)(value)
+    for data in (value.encode(), b"s:" + value.encode()):
+        for algo in ("sha256", "sha1", "md5", "blake2b", "blake2s"):
+            assert hashlib.new(algo, data).hexdigest()[:12] != token[2:]
+        assert hashlib.blake2s(data, digest_size=6).hexdigest() != token[2:]
     long_key = bytes(range(100))
-    assert Hasher(long_key)("v") == hmac_token(long_key, b"s:v")
+    tokens = {
+        Hasher(long_key)(value),
+        Hasher(long_key[:64])(value),
+        Hasher(long_key[:32])(value),
+        Hasher(long_key[:-1] + b"\xff")(value),
+        Hasher(KEY[:-1] + b"!")(value),
+    }
+    assert len(tokens) == 5
+    assert Hasher(long_key)(value) == mac_token(long_key, b"s:" + value.encode())
 
 
 def test_hash_stable_joinable_and_key_dependent() -> None:
-    a, b = Hasher(KEY), Hasher(KEY)
+    a, b = Hasher(KEY), Hasher(bytearray(KEY))
     assert a("alice@example.com") == b("alice@example.com")  # across calls
-    cached = value_function("hash", hash_key=KEY)
-    assert cached("alice@example.com") == a("alice@example.com")  # cached path agrees
-    assert cached("alice@example.com") == cached("alice@example.com")
+    # fixed vector: a token never changes for a key (restarts, replicas)
+    assert a("alice@example.com") == mac_token(KEY, b"s:alice@example.com")
+    # both column functions (with a cache for repeating columns, without for distinct ones)
+    cached = value_function("hash", hash_key=KEY, sample=["a", "a", "a", "b"])
+    plain = value_function("hash", hash_key=KEY, sample=["a", "b", "c", "d"])
+    for fn in (cached, plain):
+        for value in ("alice@example.com", "alice@example.com", "", "\ud800", 7, None, [1]):
+            assert fn(value) == a(value)
     assert a("alice@example.com") != a("bob@example.com")
     assert Hasher(OTHER_KEY)("alice@example.com") != a("alice@example.com")
 
@@ -171,7 +195,7 @@ def test_hash_canonical_encoding() -> None:
     assert h([1, 2]) != h([2, 1])
     assert h(None) is None
     assert h("") != h(None)
-    assert h("\ud800") == hmac_token(KEY, "s:\ud800".encode("utf-8", "surrogatepass"))
+    assert h("\ud800") == mac_token(KEY, "s:\ud800".encode("utf-8", "surrogatepass"))
 
 
 def test_hash_needs_a_real_key() -> None:
@@ -382,6 +406,36 @@ def test_mask_result_bytea_and_hash_detector() -> None:
     masked, _ = mask_result(r, [None, None], [("email", "hash")], hash_key=KEY)
     h = Hasher(KEY)
     assert masked.rows == [(h(b"mail me: a@example.com"), h("a@example.com"))]
+
+
+def test_column_token_equals_detector_token() -> None:
+    # a value hashed by a column rule and the same value found by a detector (in free text, in
+    # JSON, in another column of the same result, in an upstream tool's text) give one token,
+    # so an agent can join them; with a cache (repeating column) and without (distinct values)
+    values = ["alice@example.com", "4242 4242 4242 4242", "123-45-6789"]
+    dets = [("email", "hash"), ("credit_card", "hash"), ("us_ssn", "hash")]
+    for rows in ([(v, f"note {v} end") for v in values], [(values[0], f"x {values[0]}")] * 300):
+        r = result([("secret", "text"), ("note", "text")], rows)
+        masked, flags = mask_result(r, ["hash", None], dets, hash_key=KEY)
+        assert flags == [True, False]
+        for (token, note), (value, _) in zip(masked.rows, rows, strict=True):
+            assert token == Hasher(KEY)(value)
+            assert note == f"note {token} end" or note == f"x {token}"
+            assert redact_text(f"see {value}", dets, hash_key=KEY) == f"see {token}"
+            assert scan_value({"v": [value]}, dets, hash_key=KEY) == {"v": [token]}
+            tool_text = scan_tool_result_text(json.dumps({"v": value}), dets, hash_key=KEY)
+            assert json.loads(tool_text) == {"v": token}
+
+
+def test_mask_rows_hash_on_repeating_and_distinct_columns() -> None:
+    h = Hasher(KEY)
+    repeating = [(i, f"status-{i % 3}") for i in range(1000)]
+    distinct = [(i, f"user{i}@example.com") for i in range(1000)]
+    mixed = [(i, "same" if i < 300 else i) for i in range(600)]  # cached, then other types
+    for rows in (repeating, distinct, mixed):
+        out = mask_rows(rows, [None, "hash"], hash_key=KEY)
+        assert out == [(i, h(v)) for i, v in rows]
+    assert len({t for _, t in mask_rows(distinct, [None, "hash"], hash_key=KEY)}) == 1000
 
 
 def test_mask_result_private_key_across_rows_is_masked() -> None:

@@ -31,7 +31,7 @@ from mcp_gate.sqltools.model import QueryResult
 
 from .detectors import Span
 from .scan import DetectorStrategies, Scanner, looks_json, scanner
-from .strategies import MASKED, Hasher, strictest, strictness, value_function
+from .strategies import MASKED, Hasher, hasher_for, strictest, strictness, value_function
 
 _COMPOSITE_TYPES = frozenset({"json", "jsonb", "record", "hstore", "xml"})
 # values of these classes cannot hold a detectable string
@@ -40,6 +40,7 @@ _CLEAN_CLASSES = frozenset(
 )
 _BIG = 100_000_000
 _JOIN = "\n"
+_SAMPLE = 2048  # rows looked at (spread over the result) to choose how a column is hashed
 
 
 def is_composite_type(type_name: str) -> bool:
@@ -108,7 +109,12 @@ def mask_rows(
             shape.append(name)
         else:
             shape.append("call")
-            functions.append(value_function(name, hash_key=hash_key))
+            # a sample of the column tells `hash` whether it repeats itself (worth a cache)
+            sample: list[Any] = []
+            if name == "hash":  # a short row is left to the masker to refuse
+                step = max(1, len(rows) // _SAMPLE)
+                sample = [r[i] for r in itertools.islice(rows, 0, None, step) if len(r) > i]
+            functions.append(value_function(name, hash_key=hash_key, sample=sample))
     try:
         return _row_masker(tuple(shape))(rows, MASKED, *functions)
     except ValueError as exc:  # a row of another width (unpacking)
@@ -223,7 +229,7 @@ def mask_result(
     if sc and rows:
         hasher = None
         if hash_key is not None and "hash" in sc.strategies.values():
-            hasher = Hasher(hash_key)
+            hasher = hasher_for(hash_key)
         for i, column in enumerate(result.columns):
             if strategies[i] is not None:
                 continue

@@ -30,6 +30,7 @@ from .strategies import (
     MASKED,
     SHORT,
     Hasher,
+    hasher_for,
     partial_card,
     partial_email,
     partial_iban,
@@ -109,7 +110,7 @@ class Scanner:
         if "hash" in by_kind.values():
             if hash_key is None:
                 raise ValueError("the hash strategy needs a hash key")
-            self._hasher = Hasher(hash_key)
+            self._hasher = hasher_for(hash_key)
         self._pem_strategy = by_kind.get("private_key")
 
     def __bool__(self) -> bool:

@@ -1,11 +1,11 @@
 """Mask strategies (DESIGN §7): what a sensitive value becomes.
 
-| strategy  | a non-NULL value becomes                            | reveals                       |
-|-----------|-----------------------------------------------------|-------------------------------|
-| `null`    | NULL                                                | nothing (not even NULL-ness)  |
-| `redact`  | the string `[MASKED]`                               | that the value is not NULL    |
-| `hash`    | `h:` + 12 lowercase hex (HMAC-SHA256, gateway key)  | equality (stable, joinable)   |
-| `partial` | a hint: `j***@example.com`, `***-**-6789`, …        | a fragment of the value       |
+| strategy  | a non-NULL value becomes                             | reveals                      |
+|-----------|------------------------------------------------------|------------------------------|
+| `null`    | NULL                                                 | nothing (not even NULL-ness) |
+| `redact`  | the string `[MASKED]`                                | that the value is not NULL   |
+| `hash`    | `h:` + 12 lowercase hex (keyed BLAKE2s, gateway key) | equality (stable, joinable)  |
+| `partial` | a hint: `j***@example.com`, `***-**-6789`, …         | a fragment of the value      |
 
 `STRATEGY_ORDER` lists them from the one revealing most to the one revealing least; when
 several rules apply, the strictest (latest in the order) wins: null > redact > hash > partial.
@@ -31,9 +31,9 @@ The empty string is a value like any other (`redact` → `[MASKED]`, `partial` �
 - anything that is not a string (numbers, dates, booleans, bytes, JSON, arrays, records) →
   `[MASKED]`: partial never reveals the structure or part of a composite value.
 
-`hash` is HMAC-SHA256 under the gateway's key over a type-tagged canonical encoding, so equal
-values give equal tokens across calls, columns and tables (joinable), and values that merely
-print alike do not collide across kinds:
+`hash` is a MAC (keyed BLAKE2s, see `Hasher`) under the gateway's key over a type-tagged
+canonical encoding, so equal values give equal tokens across calls, restarts, columns, tables
+and detector spans (joinable), and values that merely print alike do not collide across kinds:
 - strings, and values the agent sees as strings (uuid, inet, date/time in ISO 8601 with aware
   timestamps normalised to UTC, intervals, ranges): `s:` + UTF-8 text, so a uuid column and a
   text column holding the same uuid join;
@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import functools
 import hashlib
 import json
 import math
@@ -228,40 +229,45 @@ def canonical_bytes(value: Any) -> bytes:
     return b"s:" + text.encode("utf-8", "surrogatepass")
 
 
-class Hasher:
-    """HMAC-SHA256 under one key, with the key's inner and outer pads hashed once."""
+_KEY_PERSON = b"mcpgkey1"  # BLAKE2s personalisation: at most 8 bytes
+_TOKEN_PERSON = b"mcpgtok1"
 
-    __slots__ = ("_inner", "_inner_s", "_outer")
+
+class Hasher:
+    """Keyed BLAKE2s under one key, the keyed initial state computed once.
+
+    BLAKE2 with a key is a MAC by design (one pass, no HMAC double hashing), so a token
+    cannot be computed, nor a guess confirmed offline, without the key. The key (at least 16
+    bytes, any length) is first condensed to BLAKE2s's 32-byte key, personalised so this use
+    of the key is separate from any other; tokens are 6-byte BLAKE2s digests (a digest size
+    parameter, not a truncation) personalised for tokens, as 12 hex digits.
+    """
+
+    __slots__ = ("_base", "_base_s")
 
     def __init__(self, key: bytes) -> None:
         if not isinstance(key, bytes | bytearray):
             raise TypeError("the hash key must be bytes")
         if len(key) < MIN_KEY_BYTES:
             raise ValueError(f"the hash key must be at least {MIN_KEY_BYTES} bytes")
-        key = bytes(key)
-        if len(key) > 64:
-            key = hashlib.sha256(key).digest()
-        key = key.ljust(64, b"\0")
-        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in key))
-        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in key))
-        self._inner_s = self._inner.copy()
-        self._inner_s.update(b"s:")
+        mac_key = hashlib.blake2s(bytes(key), person=_KEY_PERSON).digest()
+        self._base = hashlib.blake2s(
+            key=mac_key, digest_size=HASH_HEX_CHARS // 2, person=_TOKEN_PERSON
+        )
+        self._base_s = self._base.copy()
+        self._base_s.update(b"s:")  # strings, the common case, start from this state
 
     def token(self, data: bytes) -> str:
-        """`h:` + the first 12 hex digits of HMAC-SHA256(key, data)."""
-        inner = self._inner.copy()
-        inner.update(data)
-        outer = self._outer.copy()
-        outer.update(inner.digest())
-        return "h:" + outer.hexdigest()[:HASH_HEX_CHARS]
+        """`h:` + the 12 hex digits of the keyed BLAKE2s of `data`."""
+        mac = self._base.copy()
+        mac.update(data)
+        return "h:" + mac.hexdigest()
 
     def text_token(self, text: str) -> str:
         """`token(canonical_bytes(text))` for a string, without building the bytes."""
-        inner = self._inner_s.copy()
-        inner.update(text.encode("utf-8", "surrogatepass"))
-        outer = self._outer.copy()
-        outer.update(inner.digest())
-        return "h:" + outer.hexdigest()[:HASH_HEX_CHARS]
+        mac = self._base_s.copy()
+        mac.update(text.encode("utf-8", "surrogatepass"))
+        return "h:" + mac.hexdigest()
 
     def __call__(self, value: Any) -> str | None:
         """`hash` for one value: NULL stays NULL."""
@@ -271,36 +277,52 @@ class Hasher:
             return self.text_token(value)
         return self.token(canonical_bytes(value))
 
-    def cached(self, limit: int = 65_536) -> ValueFunction:
-        """`hash` for one value, each distinct string hashed once: a cache of at most `limit`
-        tokens that lives as long as the returned function (make one per result, so no
-        plaintext outlives it)."""
-        cache: dict[str, str] = {}
-        get = cache.get
-        new_inner = self._inner_s.copy
-        new_outer = self._outer.copy
-        token = self.token
+    def function(self, sample: Iterable[Any] = (), limit: int = 65_536) -> ValueFunction:
+        """`hash` for one value, fast on strings, for the cells of one column.
+
+        `sample` (some of the column's values, spread over it) chooses how: when its strings
+        repeat (a status, a country), each distinct string is hashed once through a cache of
+        at most `limit` tokens that lives as long as the returned function (make one per
+        result, so no plaintext outlives it); when they do not, a cache would only cost (a
+        string hash and a dict insert per value), so there is none. Either way the tokens are
+        those of `__call__`."""
+        strings = [v for v in sample if v.__class__ is str]
+        new = self._base_s.copy
+        other = self.__call__
 
         def hash_value(value: Any) -> str | None:
             if value.__class__ is str:
+                mac = new()
+                try:
+                    mac.update(value.encode())
+                except UnicodeEncodeError:  # lone surrogates
+                    mac.update(value.encode("utf-8", "surrogatepass"))
+                return "h:" + mac.hexdigest()
+            return other(value)
+
+        if len(set(strings)) * 2 > len(strings):
+            return hash_value
+        cache: dict[str, str] = {}
+        get = cache.get
+        text_token = self.text_token
+
+        def cached_value(value: Any) -> str | None:
+            if value.__class__ is str:
                 out = get(value)
                 if out is None:
-                    inner = new_inner()
-                    try:
-                        inner.update(value.encode())
-                    except UnicodeEncodeError:  # lone surrogates
-                        inner.update(value.encode("utf-8", "surrogatepass"))
-                    outer = new_outer()
-                    outer.update(inner.digest())
-                    out = "h:" + outer.hexdigest()[:HASH_HEX_CHARS]
+                    out = text_token(value)
                     if len(cache) < limit:
                         cache[value] = out
                 return out
-            if value is None:
-                return None
-            return token(canonical_bytes(value))
+            return other(value)
 
-        return hash_value
+        return cached_value
+
+
+@functools.lru_cache(maxsize=8)
+def hasher_for(key: bytes) -> Hasher:
+    """The `Hasher` for `key`, built once per key (the key derivation is not free)."""
+    return Hasher(key)
 
 
 # --------------------------------------------------------------------------- by name
@@ -312,14 +334,19 @@ def _check(name: str, composite: bool) -> str:
 
 
 def value_function(
-    name: str, *, hash_key: bytes | None = None, composite: bool = False
+    name: str,
+    *,
+    hash_key: bytes | None = None,
+    composite: bool = False,
+    sample: Iterable[Any] = (),
 ) -> ValueFunction:
     """The function masking one value with strategy `name`. `composite` (JSON, array or record
-    column) turns `partial` into `redact`. `hash` needs `hash_key`; its function caches the
-    tokens of the strings it has seen (see `Hasher.cached`): make one per result."""
+    column) turns `partial` into `redact`. `hash` needs `hash_key`; `sample` (some of the
+    column's values) tells it whether to cache tokens (see `Hasher.function`): make one per
+    column of a result."""
     name = _check(name, composite)
     if name == "hash":
         if hash_key is None:
             raise ValueError("the hash strategy needs a hash key")
-        return Hasher(hash_key).cached()
+        return hasher_for(bytes(hash_key)).function(sample)
     return {"redact": redact, "null": null, "partial": partial}[name]
