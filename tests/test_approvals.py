@@ -1,5 +1,7 @@
-"""The approval service and its SQLite store: state machine, concurrency, expiry, restart,
-waiting and events. Real SQLite files in tmp_path, real time (short TTLs)."""
+"""The approval service and its stores: state machine, concurrency, expiry, restart, waiting
+and events. Every store test runs against both stores: a real SQLite file in tmp_path, and a
+real PostgreSQL (a fresh schema per test in this module's database); real time (short TTLs).
+PostgreSQL only: the cross-process change feed (LISTEN/NOTIFY) and its reconnection."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import contextlib
 import sqlite3
 import statistics
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,7 @@ from mcp_gate.approvals import (
     Conflict,
     Forbidden,
     NotFound,
+    PostgresApprovalStore,
     SqliteApprovalStore,
     Status,
     StoreError,
@@ -30,8 +33,9 @@ from mcp_gate.approvals import (
 )
 from mcp_gate.approvals.model import new_approval_id
 from mcp_gate.approvals.notify import Notifier
-from mcp_gate.approvals.store import DecideOutcome
+from mcp_gate.approvals.store import ApprovalStore, DecideOutcome
 from mcp_gate.calls import Principal
+from pgserver import TestDatabase, admin_execute, quote_ident, unique_name
 
 
 @pytest.fixture
@@ -48,9 +52,36 @@ DAVE = Principal("dave", frozenset({"developers"}))  # not an approver
 DELETE = "DELETE FROM orders WHERE id = 1"
 
 
+Stores = Callable[[], ApprovalStore]
+
+
+def pg_schema_dsn(db: TestDatabase) -> str:
+    """The DSN of a fresh schema in `db` (asyncpg sends `search_path` as a server setting)."""
+    schema = unique_name("approvals")
+    admin_execute(db.dsn, f"CREATE SCHEMA {quote_ident(schema)}")
+    return db.dsn + ("&" if "?" in db.dsn else "?") + f"search_path={schema}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def stores(request: pytest.FixtureRequest, tmp_path: Path) -> Stores:
+    """New instances of one fresh store (the same SQLite file, the same PostgreSQL schema):
+    each instance has its own connections, as another gateway process would."""
+    if request.param == "sqlite":
+        path = tmp_path / "approvals.db"
+        return lambda: SqliteApprovalStore(path)
+    dsn = pg_schema_dsn(request.getfixturevalue("module_db"))
+    return lambda: PostgresApprovalStore(dsn)
+
+
+@pytest.fixture
+def pg_stores(module_db: TestDatabase) -> Stores:
+    dsn = pg_schema_dsn(module_db)
+    return lambda: PostgresApprovalStore(dsn)
+
+
 @contextlib.asynccontextmanager
-async def open_service(path: Path, **kwargs: Any) -> AsyncIterator[ApprovalService]:
-    service = ApprovalService(SqliteApprovalStore(path), **kwargs)
+async def open_service(stores: Stores, **kwargs: Any) -> AsyncIterator[ApprovalService]:
+    service = ApprovalService(stores(), **kwargs)
     await service.start()
     try:
         yield service
@@ -59,8 +90,8 @@ async def open_service(path: Path, **kwargs: Any) -> AsyncIterator[ApprovalServi
 
 
 @pytest.fixture
-async def service(tmp_path: Path) -> AsyncIterator[ApprovalService]:
-    async with open_service(tmp_path / "approvals.db") as svc:
+async def service(stores: Stores) -> AsyncIterator[ApprovalService]:
+    async with open_service(stores) as svc:
         yield svc
 
 
@@ -355,21 +386,20 @@ async def test_racing_approvers_one_service(service: ApprovalService) -> None:
 
 
 @pytest.mark.anyio
-async def test_racing_approvers_two_processes_worth_of_connections(tmp_path: Path) -> None:
-    # Two services on the same file = two SQLite connections, as two gateway processes
-    # would have: the store's BEGIN IMMEDIATE is what makes the first decision win.
-    path = tmp_path / "shared.db"
-    async with open_service(path) as one, open_service(path) as two:
+async def test_racing_approvers_two_processes_worth_of_connections(stores: Stores) -> None:
+    # Two services on the same store = two connections (pools), as two gateway processes
+    # would have: BEGIN IMMEDIATE (SQLite) or the row lock (PostgreSQL) makes the first
+    # decision win.
+    async with open_service(stores) as one, open_service(stores) as two:
         await _race([one, two], rounds=40)
 
 
 @pytest.mark.anyio
-async def test_store_decide_is_atomic_across_connections(tmp_path: Path) -> None:
-    # The store alone, without the service's pre-check: two connections, two threads,
-    # truly concurrent transactions.
-    path = tmp_path / "shared.db"
-    async with open_service(path) as svc:
-        one, two = SqliteApprovalStore(path), SqliteApprovalStore(path)
+async def test_store_decide_is_atomic_across_connections(stores: Stores) -> None:
+    # The store alone, without the service's pre-check: two connections, truly concurrent
+    # transactions.
+    async with open_service(stores) as svc:
+        one, two = stores(), stores()
         await one.open()
         await two.open()
         try:
@@ -377,7 +407,7 @@ async def test_store_decide_is_atomic_across_connections(tmp_path: Path) -> None
                 approval = await hold(svc, arguments={"sql": DELETE, "n": n})
                 outcomes: dict[str, DecideOutcome] = {}
 
-                async def vote(store: SqliteApprovalStore, who: Principal, kind: str) -> None:
+                async def vote(store: ApprovalStore, who: Principal, kind: str) -> None:
                     vote = ApprovalDecision(who.subject, who.groups, kind, kind, time.time())
                     result = await store.decide(approval.id, vote)  # noqa: B023
                     outcomes[kind] = result.outcome  # noqa: B023
@@ -399,9 +429,8 @@ async def test_store_decide_is_atomic_across_connections(tmp_path: Path) -> None
 
 
 @pytest.mark.anyio
-async def test_mark_executed_once_under_concurrency(tmp_path: Path) -> None:
-    path = tmp_path / "shared.db"
-    async with open_service(path) as one, open_service(path) as two:
+async def test_mark_executed_once_under_concurrency(stores: Stores) -> None:
+    async with open_service(stores) as one, open_service(stores) as two:
         approval = await hold(one)
         assert await one.mark_executed(approval.id) is False  # pending: not executable
         await one.decide(approval.id, BOB, True, None)
@@ -438,11 +467,11 @@ async def test_expires_on_time(service: ApprovalService) -> None:
 
 
 @pytest.mark.anyio
-async def test_lazy_expiry_on_read(tmp_path: Path) -> None:
+async def test_lazy_expiry_on_read(stores: Stores) -> None:
     # A clock the test moves: the background task sleeps on real time and is not woken,
     # so only the read path can expire the request.
     now = [1_000_000.0]
-    async with open_service(tmp_path / "a.db", clock=lambda: now[0], max_sleep=600) as svc:
+    async with open_service(stores, clock=lambda: now[0], max_sleep=600) as svc:
         approval = await hold(svc, ttl_seconds=100)
         now[0] += 101
         assert (await svc.get(approval.id)).status == Status.EXPIRED
@@ -455,14 +484,13 @@ async def test_lazy_expiry_on_read(tmp_path: Path) -> None:
 
 
 @pytest.mark.anyio
-async def test_restart_keeps_pending_and_expires_on_time(tmp_path: Path) -> None:
-    path = tmp_path / "approvals.db"
-    async with open_service(path) as first:
+async def test_restart_keeps_pending_and_expires_on_time(stores: Stores) -> None:
+    async with open_service(stores) as first:
         soon = await hold(first, ttl_seconds=1.0)
         later = await hold(first, arguments={"sql": "DELETE FROM t"}, ttl_seconds=60)
         gone = await hold(first, arguments={"sql": "DELETE FROM u"}, ttl_seconds=0.2)
     await anyio.sleep(0.3)  # `gone` comes due while no gateway runs
-    async with open_service(path) as second:
+    async with open_service(stores) as second:
         async with second.subscribe() as events:
             assert (await second.store.get(gone.id)).status == Status.EXPIRED  # at start()
             pending = {a.id for a in await second.list(status="pending")}
@@ -473,7 +501,7 @@ async def test_restart_keeps_pending_and_expires_on_time(tmp_path: Path) -> None
         assert 0 <= late < 0.25, late
         assert (await second.get(later.id)).status == Status.PENDING
         assert (await second.decide(later.id, BOB, True, None)).status == Status.APPROVED
-    async with open_service(path) as third:
+    async with open_service(stores) as third:
         assert (await third.get(later.id)).status == Status.APPROVED  # durable
 
 
@@ -496,7 +524,7 @@ async def test_close_with_cancelled_calls_in_flight(tmp_path: Path) -> None:
     # Callers cancelled natively (task.cancel) while their statements run must not let
     # `close` onto the connection at the same time (that crashed the interpreter once).
     path = tmp_path / "a.db"
-    async with open_service(path) as svc:
+    async with open_service(lambda: SqliteApprovalStore(path)) as svc:
         for n in range(300):
             await hold(svc, arguments={"n": n})
     for _ in range(10):
@@ -653,9 +681,290 @@ async def test_a_lagging_subscriber_is_cut_off(service: ApprovalService) -> None
 
 
 @pytest.mark.anyio
-async def test_aclose_ends_subscriptions(tmp_path: Path) -> None:
-    svc = ApprovalService(SqliteApprovalStore(tmp_path / "a.db"))
+async def test_aclose_ends_subscriptions(stores: Stores) -> None:
+    svc = ApprovalService(stores())
     await svc.start()
     subscription = svc.subscribe()
     await svc.aclose()
     assert [e async for e in subscription] == []
+
+
+# -- approved → expired -------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_an_approval_not_executed_by_its_expiry_expires(stores: Stores) -> None:
+    now = [1_000_000.0]
+    async with open_service(stores, clock=lambda: now[0], max_sleep=600) as svc:
+        approval = await hold(svc, ttl_seconds=100)
+        approved = await svc.decide(approval.id, BOB, True, "ok")
+        assert approved.status == Status.APPROVED
+        now[0] += 100  # exactly at expires_at: too late
+        async with svc.subscribe() as events:
+            assert await svc.mark_executed(approval.id) is False
+            event = await next_event(events, "expired")
+        assert event.approval.id == approval.id
+        expired = await svc.get(approval.id)
+        assert expired.status == Status.EXPIRED and expired.executed_at is None
+        # It keeps the record of who approved it, and when.
+        assert expired.decided_at == approved.decided_at and expired.approved_by == ("bob",)
+        # The identical call is now a new request, not the old approval.
+        again = await hold(svc, ttl_seconds=100)
+        assert again.id != approval.id and again.status == Status.PENDING
+
+
+@pytest.mark.anyio
+async def test_the_store_refuses_to_execute_a_due_approval(stores: Stores) -> None:
+    async with open_service(stores, max_sleep=600) as svc:
+        approval = await hold(svc, ttl_seconds=60)
+        await svc.decide(approval.id, BOB, True, None)
+        # The store alone: at or after expires_at it does not execute (the service then
+        # expires it); before it, it does, once.
+        assert await svc.store.mark_executed(approval.id, approval.expires_at) is None
+        assert (await svc.store.get(approval.id)).status == Status.APPROVED
+        [moved] = await svc.store.expire_due(approval.expires_at)
+        assert moved.id == approval.id and moved.status == Status.EXPIRED
+        assert await svc.store.mark_executed(approval.id, approval.created_at + 1) is None
+        assert await svc.store.next_expiry() is None
+
+
+@pytest.mark.anyio
+async def test_an_approved_request_expires_on_time(service: ApprovalService) -> None:
+    async with service.subscribe() as events:
+        approval = await hold(service, ttl_seconds=0.5)
+        await service.decide(approval.id, BOB, True, None)
+        event = await next_event(events, "expired")
+        late = time.time() - approval.expires_at
+    assert event.approval.id == approval.id and event.approval.status == Status.EXPIRED
+    assert 0 <= late < 0.25, late
+    assert await service.mark_executed(approval.id) is False
+    listed = await service.list(status="approved")
+    assert listed == []
+
+
+@pytest.mark.anyio
+async def test_identical_requests_racing_across_stores_create_one(stores: Stores) -> None:
+    async with open_service(stores) as one, open_service(stores) as two:
+        ids: list[str] = []
+
+        async def create(svc: ApprovalService) -> None:
+            ids.append((await hold(svc)).id)
+
+        async with anyio.create_task_group() as tg:
+            for i in range(20):
+                tg.start_soon(create, (one, two)[i % 2])
+        assert len(set(ids)) == 1 and len(ids) == 20
+
+
+# -- PostgreSQL: schema, errors, the change feed -----------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_pg_newer_schema_is_refused_and_migration_is_idempotent(module_db) -> None:
+    dsn = pg_schema_dsn(module_db)
+    store = PostgresApprovalStore(dsn)
+    await store.open()
+    await store.close()
+    again = PostgresApprovalStore(dsn)  # an existing schema at this version: opens as is
+    await again.open()
+    await again.close()
+    schema = dsn.rpartition("search_path=")[2]
+    admin_execute(
+        module_db.dsn,
+        f"UPDATE {quote_ident(schema)}.mcp_gate_schema SET version = 99 "
+        "WHERE component = 'approvals'",
+    )
+    with pytest.raises(StoreError, match="newer"):
+        await PostgresApprovalStore(dsn).open()
+
+
+@pytest.mark.anyio
+async def test_pg_replicas_starting_together_migrate_once(module_db) -> None:
+    dsn = pg_schema_dsn(module_db)
+    stores = [PostgresApprovalStore(dsn) for _ in range(4)]
+    async with anyio.create_task_group() as tg:
+        for store in stores:
+            tg.start_soon(store.open)
+    for store in stores:
+        await store.close()
+
+
+@pytest.mark.anyio
+async def test_pg_unreachable_store_is_a_clear_error_without_the_password() -> None:
+    secret = "s3cret-store-pw"
+    store = PostgresApprovalStore(
+        f"postgresql://gate@127.0.0.1:{free_tcp_port()}/gate",
+        password=secret,
+        connect_attempts=2,
+        connect_timeout=2,
+    )
+    with pytest.raises(StoreError) as info:
+        await store.open()
+    message = str(info.value)
+    assert "gate@127.0.0.1:" in message and "unavailable after 2 attempt(s)" in message
+    assert secret not in message and info.value.__cause__ is None
+
+
+@pytest.mark.anyio
+async def test_pg_wrong_password_is_not_retried_and_not_shown(module_db) -> None:
+    role, secret = unique_name("approver_role"), "right-pw-123"
+    admin_execute(module_db.admin_dsn, f"CREATE ROLE {role} LOGIN PASSWORD '{secret}'")
+    try:
+        host = module_db.dsn.split("@", 1)[1]
+        store = PostgresApprovalStore(
+            f"postgresql://{role}@{host}", password="wrong-pw-456", connect_attempts=5
+        )
+        start = time.perf_counter()
+        with pytest.raises(StoreError) as info:
+            await store.open()
+        assert time.perf_counter() - start < 2  # refused logins are not retried
+        message = str(info.value)
+        assert "password authentication failed" in message, message
+        assert "wrong-pw-456" not in message and secret not in message
+    finally:
+        admin_execute(module_db.admin_dsn, f"DROP ROLE IF EXISTS {role}")
+
+
+def free_tcp_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.anyio
+async def test_sqlite_has_no_change_feed(tmp_path: Path) -> None:
+    assert SqliteApprovalStore(tmp_path / "a.db").changes() is None
+
+
+async def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    with anyio.fail_after(timeout):
+        while not predicate():
+            await anyio.sleep(0.01)
+
+
+@pytest.mark.anyio
+async def test_pg_a_decision_in_one_process_wakes_a_waiter_in_another(pg_stores: Stores) -> None:
+    async with (
+        open_service(pg_stores) as a,
+        open_service(pg_stores) as b,
+        a.subscribe() as events_a,
+    ):
+        approval = await hold(a)
+        assert (await next_event(events_a, "created")).approval.id == approval.id
+        latencies: list[float] = []
+        for n in range(5):
+            held = await hold(a, arguments={"sql": DELETE, "n": n})
+            returned: list[tuple[ApprovalRequest, float]] = []
+
+            async def waiter(held: ApprovalRequest, returned: list[Any]) -> None:
+                result = await a.wait(held.id, 10)
+                returned.append((result, time.perf_counter()))
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(waiter, held, returned)
+                await wait_for(lambda: a.notifier.waiting == 1)
+                start = time.perf_counter()
+                await b.decide(held.id, BOB, n % 2 == 0, "from b")
+            [(result, at)] = returned
+            assert result.status == (Status.APPROVED if n % 2 == 0 else Status.DENIED)
+            assert result.decisions[0].reason == "from b"
+            latencies.append(at - start)
+        assert max(latencies) < 0.5, latencies
+        print(f"\ncross-process wake-up: median {statistics.median(latencies) * 1000:.1f} ms")
+        # A's subscribers (SSE) see B's decisions, with the state after them.
+        event = await next_event(events_a, "decided")
+        assert event.approval.decisions[0].approver == "bob"
+
+
+@pytest.mark.anyio
+async def test_pg_every_kind_of_change_reaches_the_other_process(pg_stores: Stores) -> None:
+    async with open_service(pg_stores) as a, open_service(pg_stores) as b:
+        async with a.subscribe() as events:
+            approval = await hold(b, quorum=2)
+            await b.set_justification(approval.id, ALICE, "ticket 9")
+            await b.decide(approval.id, BOB, True, None)
+            await b.decide(approval.id, CAROL, True, None)
+            await b.mark_executed(approval.id)
+            other = await hold(b, arguments={"sql": "DELETE FROM t"})
+            await b.withdraw(other.id, ALICE)
+            seen = []
+            with anyio.fail_after(5):
+                async for event in events:
+                    seen.append((event.kind, event.approval.id))
+                    if event.kind == "withdrawn":
+                        break
+        assert seen == [
+            ("created", approval.id),
+            ("updated", approval.id),
+            ("decided", approval.id),
+            ("decided", approval.id),
+            ("executed", approval.id),
+            ("created", other.id),
+            ("withdrawn", other.id),
+        ]
+
+
+@pytest.mark.anyio
+async def test_pg_expiry_by_either_process_is_seen_by_both_once(pg_stores: Stores) -> None:
+    async with (
+        open_service(pg_stores) as a,
+        open_service(pg_stores) as b,
+        a.subscribe() as events_a,
+        b.subscribe() as events_b,
+    ):
+        approval = await hold(a, ttl_seconds=0.5)
+        expired = [await next_event(e, "expired") for e in (events_a, events_b)]
+        assert {e.approval.id for e in expired} == {approval.id}
+        assert {e.approval.status for e in expired} == {Status.EXPIRED}
+        # Exactly one expiry each: nothing else arrives.
+        for events in (events_a, events_b):
+            with anyio.move_on_after(0.3):
+                extra = await events.__anext__()
+                raise AssertionError(f"unexpected second event {extra}")
+
+
+@pytest.mark.anyio
+async def test_pg_feed_reconnects_and_waiters_reread_what_they_missed(
+    pg_stores: Stores, module_db: TestDatabase
+) -> None:
+    async with open_service(pg_stores) as a, open_service(pg_stores) as b:
+        approval = await hold(a)
+        returned: list[ApprovalRequest] = []
+
+        async def waiter() -> None:
+            returned.append(await a.wait(approval.id, 20))
+
+        feed = a._feed
+        assert feed is not None and feed._conn is not None
+        pid = feed._conn.get_server_pid()
+        db = quote_ident(module_db.name)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(waiter)
+            await wait_for(lambda: a.notifier.waiting == 1)
+            # Cut A's LISTEN connection and keep it from coming back while B decides: the
+            # notification of that decision is lost for A.
+            admin_execute(
+                module_db.admin_dsn,
+                f"ALTER DATABASE {db} WITH ALLOW_CONNECTIONS false",
+                f"SELECT pg_terminate_backend({pid})",
+            )
+            try:
+                await wait_for(lambda: feed._conn is None or feed._conn.is_closed())
+                await b.decide(approval.id, BOB, True, "while A was away")
+                await anyio.sleep(0.3)
+                assert returned == []
+            finally:
+                admin_execute(
+                    module_db.admin_dsn, f"ALTER DATABASE {db} WITH ALLOW_CONNECTIONS true"
+                )
+            # Reconnected, the feed tells A to re-read: the waiter returns the decision.
+            with anyio.fail_after(15):
+                await wait_for(lambda: bool(returned), timeout=15)
+        assert returned[0].status == Status.APPROVED
+        assert feed.reconnects == 1
+        # And the new connection carries the next change as usual.
+        async with a.subscribe() as events:
+            other = await hold(b, arguments={"sql": "DELETE FROM t"})
+            assert (await next_event(events, "created")).approval.id == other.id

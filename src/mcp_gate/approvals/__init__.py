@@ -1,6 +1,7 @@
 """Approvals: calls held for a human decision (DESIGN §5).
 
-`ApprovalService` is the state machine over a durable `ApprovalStore` (SQLite now); `api`
+`ApprovalService` is the state machine over a durable `ApprovalStore` (SQLite, or PostgreSQL
+shared by several replicas with LISTEN/NOTIFY between them); `api`
 serves it to approvers (`admin_routes`), `notify` fans events out to waiters, SSE clients
 and an optional webhook.
 """
@@ -20,6 +21,7 @@ from .model import (
     arguments_digest,
 )
 from .notify import Notifier, Subscription, WebhookSender
+from .pg_store import PostgresApprovalStore
 from .service import ApprovalService
 from .store import ApprovalStore, SqliteApprovalStore, StoreError
 
@@ -35,6 +37,7 @@ __all__ = [
     "Forbidden",
     "NotFound",
     "Notifier",
+    "PostgresApprovalStore",
     "SqliteApprovalStore",
     "Status",
     "StoreError",

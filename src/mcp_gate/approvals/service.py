@@ -1,7 +1,8 @@
 """The approval service: the state machine over a durable store, waiting, events, expiry.
 
 States: pending → approved (quorum of distinct approvers) | denied (any one deny) | expired
-(at `expires_at`) | withdrawn (by the requester); approved → executed (once).
+(at `expires_at`) | withdrawn (by the requester); approved → executed (once), or expired when
+not executed by `expires_at` (an old approval cannot be cashed in later).
 
 Rules enforced here: only members of one of the request's approver groups decide it, and
 never the requester (same subject). Rules enforced atomically by the store: the first final
@@ -14,6 +15,12 @@ before returning it. Pending requests survive a restart because they only live i
 
 Mutations and the events they publish run shielded from cancellation: a caller that goes
 away (a closed HTTP connection) cannot leave a committed decision unannounced.
+
+Several processes on one store (replicas sharing PostgreSQL): when the store has a change
+feed (`ApprovalStore.changes()`), the service follows it and publishes the other processes'
+changes to its own notifier, re-read from the store, so local waiters wake and SSE clients
+see them at once; a feed that reconnected makes every waiter re-read the store. The webhook
+fires only in the process that made the change (once per event, not once per replica).
 
 Background tasks are asyncio tasks: call `start()` (or `async with service`) on the loop
 that will use the service, and use the service from that loop only.
@@ -48,7 +55,7 @@ from .model import (
     normalise_groups,
 )
 from .notify import Notifier, Subscription, WebhookSender
-from .store import ApprovalStore, DecideOutcome
+from .store import ApprovalStore, ChangeFeed, DecideOutcome, StoreChange
 
 log = logging.getLogger("mcp_gate.approvals")
 
@@ -104,21 +111,31 @@ class ApprovalService:
         self._task: asyncio.Task[None] | None = None
         self._stop: anyio.CancelScope | None = None
         self._rearm: anyio.Event | None = None
+        self._feed: ChangeFeed | None = None
 
     # -- life cycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Open the store, expire what came due while stopped, start the background tasks."""
+        """Open the store and its change feed, expire what came due while stopped, start
+        the background tasks."""
         if self._task is not None:
             return
         await self.store.open()
+        feed = self.store.changes()
+        if feed is not None:
+            try:
+                await feed.open()  # listening before anything is read: nothing is missed
+            except BaseException:
+                await self.store.close()
+                raise
+        self._feed = feed
         self._rearm = anyio.Event()
         if self.webhook is not None:
             await self.webhook.start()
         await self._expire_now()
         self._stop = anyio.CancelScope()  # entered by the task; cancelling it first is fine
         self._task = asyncio.get_running_loop().create_task(
-            self._expiry_loop(), name="mcp-gate approval expiry"
+            self._background(), name="mcp-gate approval expiry"
         )
 
     async def aclose(self) -> None:
@@ -131,6 +148,9 @@ class ApprovalService:
             self._stop.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        feed, self._feed = self._feed, None
+        if feed is not None:
+            await feed.aclose()
         if self.webhook is not None:
             await self.webhook.aclose()
         self.notifier.close()
@@ -241,11 +261,13 @@ class ApprovalService:
 
     async def mark_executed(self, approval_id: str) -> bool:
         """approved → executed. True for exactly one caller, ever; False if the request is
-        unknown, not approved, or already executed."""
+        unknown, not approved, already executed, or past its expiry (then it is expired)."""
         with anyio.CancelScope(shield=True):
             executed = await self.store.mark_executed(approval_id, self.clock())
             if executed is not None:
                 self._emit("executed", executed)
+            else:
+                await self._expire_now()  # an approval that came due is expired, and said so
         return executed is not None
 
     async def wait(self, approval_id: str, timeout: float) -> ApprovalRequest:
@@ -276,7 +298,7 @@ class ApprovalService:
         approval = await self.store.get(approval_id)
         if approval is None:
             raise NotFound(f"no approval request {approval_id}")
-        if approval.status == Status.PENDING and approval.expires_at <= self.clock():
+        if approval.status in _EXPIRING and approval.expires_at <= self.clock():
             await self._expire_now()
             approval = await self.store.get(approval_id)
             if approval is None:
@@ -296,7 +318,7 @@ class ApprovalService:
         kwargs: dict[str, Any] = {"statuses": statuses, "limit": limit, "visible_to": visible_to}
         found = await self.store.list(**kwargs)
         now = self.clock()
-        if any(a.status == Status.PENDING and a.expires_at <= now for a in found):
+        if any(a.status in _EXPIRING and a.expires_at <= now for a in found):
             await self._expire_now()
             found = await self.store.list(**kwargs)
         return found
@@ -365,10 +387,37 @@ class ApprovalService:
             for approval in await self.store.expire_due(self.clock()):
                 self._emit("expired", approval)
 
-    async def _expiry_loop(self) -> None:
+    async def _background(self) -> None:
         assert self._stop is not None
         with self._stop:
-            await self._expire_forever()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._expire_forever)
+                if self._feed is not None:
+                    tg.start_soon(self._follow, self._feed)
+
+    async def _follow(self, feed: ChangeFeed) -> None:
+        """Publish other processes' changes locally (see the module docstring)."""
+        async for change in feed:
+            try:
+                await self._publish_change(change)
+            except Exception:
+                # The store failed the re-read: let the waiters re-read it themselves.
+                log.exception("approval feed: cannot re-read %s", change.approval_id)
+                if change.approval_id is not None:
+                    self.notifier.wake(change.approval_id)
+
+    async def _publish_change(self, change: StoreChange) -> None:
+        assert self._rearm is not None
+        if change.approval_id is None or change.kind is None:
+            self.notifier.wake_all()
+            self._rearm.set()  # expiries created meanwhile elsewhere
+            return
+        approval = await self.store.get(change.approval_id)
+        if approval is None:
+            return
+        self.notifier.publish(ApprovalEvent(change.kind, approval))
+        if change.kind == "created":
+            self._rearm.set()  # its expiry may be the next one
 
     async def _expire_forever(self) -> None:
         while True:
@@ -387,6 +436,10 @@ class ApprovalService:
                 await self._rearm.wait()
             if self._rearm.is_set():
                 self._rearm = anyio.Event()
+
+
+#: Statuses `expire_due` moves once `expires_at` has passed.
+_EXPIRING = frozenset({Status.PENDING, Status.APPROVED})
 
 
 def _settled(approval: ApprovalRequest) -> str:

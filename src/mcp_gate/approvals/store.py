@@ -2,16 +2,27 @@
 
 The interface is small and knows nothing of SQL. Every method that changes state is one
 atomic compare-and-set in the store, so several service instances (threads, processes, or
-replicas sharing a PostgreSQL store later) can race and exactly one wins:
+replicas sharing a PostgreSQL store, `pg_store.PostgresApprovalStore`) can race and exactly
+one wins:
 
-- `create` returns the existing open request (pending and not yet due, or approved and not
-  executed) with the same requester, target, tool, argument digest and policy version
+- `create` returns the existing open request (pending or approved-not-executed, and not yet
+  due) with the same requester, target, tool, argument digest and policy version
   instead of inserting a second one;
 - `decide` records one vote and applies the state machine in the same transaction: a deny
   closes the request, approvals close it when `quorum` distinct approvers have approved;
   nothing is recorded once the request has left `pending`, or when it is due (then it is
   expired instead);
 - `withdraw`, `mark_executed`, `expire_due` move a request only from the state they expect.
+
+Expiry: `expires_at` bounds the whole life of a request, not only the wait for a decision.
+A pending request expires at `expires_at`, and so does an approved one that was not executed
+by then (approved → expired): an approval cannot be cashed in later than the policy's
+`[approval] expires` allows, and the approver sees the one deadline that applies. The
+expired request keeps its `decided_at` (when it was approved) and its decisions.
+
+Other processes: `changes()` is the feed of changes made through other store instances, for
+waking local waiters (`None` when the store has none: SQLite has no cross-process feed, so
+a second process on the same file only sees a change when it reads the store).
 
 Who may do what (approver groups, own request, requester) is the service's business: those
 facts never change after creation, so the service checks them before calling the store.
@@ -53,7 +64,7 @@ from typing import Any, TypeVar
 
 from mcp_gate.calls import Principal
 
-from .model import ApprovalDecision, ApprovalRequest, Status
+from .model import ApprovalDecision, ApprovalRequest, EventKind, Status
 
 T = TypeVar("T")
 
@@ -85,6 +96,37 @@ class CreateResult:
 
 class StoreError(Exception):
     """The store is closed, unusable, or was written by a newer version."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoreChange:
+    """A change made through another store instance: `kind` happened to `approval_id`.
+
+    `approval_id` None means the feed was interrupted and may have missed changes: every
+    waiter should re-read the store."""
+
+    approval_id: str | None
+    kind: EventKind | None = None
+
+
+class ChangeFeed(ABC):
+    """Changes made through other store instances, in commit order: `await open()` (from
+    then on nothing is missed), iterate, `aclose()`."""
+
+    @abstractmethod
+    async def open(self) -> None:
+        """Start listening; raises `StoreError` when the store cannot be reached."""
+
+    @abstractmethod
+    async def aclose(self) -> None:
+        """Stop listening (idempotent); a pending iteration ends."""
+
+    def __aiter__(self) -> ChangeFeed:
+        return self
+
+    @abstractmethod
+    async def __anext__(self) -> StoreChange:
+        """The next change (reconnecting on its own when the connection is lost)."""
 
 
 class ApprovalStore(ABC):
@@ -128,7 +170,8 @@ class ApprovalStore(ABC):
 
     @abstractmethod
     async def mark_executed(self, approval_id: str, at: float) -> ApprovalRequest | None:
-        """approved → executed; None if it was not approved (including already executed)."""
+        """approved → executed if not due at `at`; None if it was not approved (including
+        already executed) or is due (`expire_due` expires it)."""
 
     @abstractmethod
     async def set_justification(
@@ -139,11 +182,17 @@ class ApprovalStore(ABC):
 
     @abstractmethod
     async def expire_due(self, now: float) -> builtins.list[ApprovalRequest]:
-        """Expire every pending request with `expires_at <= now`; the ones this call moved."""
+        """Expire every pending or approved (not executed) request with `expires_at <= now`;
+        the ones this call moved."""
 
     @abstractmethod
     async def next_expiry(self) -> float | None:
-        """The earliest `expires_at` among pending requests."""
+        """The earliest `expires_at` among pending and approved requests."""
+
+    def changes(self) -> ChangeFeed | None:
+        """A new feed of changes made through other instances of this store, or None when
+        the store has no cross-process feed (the default, and SQLite's case)."""
+        return None
 
 
 # -- SQLite ------------------------------------------------------------------------------------
@@ -380,8 +429,8 @@ class SqliteApprovalStore(ApprovalStore):
     @staticmethod
     def _expire_due(conn: sqlite3.Connection, now: float) -> list[str]:
         rows = conn.execute(
-            "UPDATE approvals SET status = 'expired', decided_at = expires_at "
-            "WHERE status = 'pending' AND expires_at <= ? RETURNING id",
+            "UPDATE approvals SET status = 'expired', decided_at = COALESCE(decided_at, "
+            f"expires_at) WHERE status IN {_OPEN} AND expires_at <= ? RETURNING id",
             (now,),
         ).fetchall()
         return [row[0] for row in rows]
@@ -550,8 +599,8 @@ class SqliteApprovalStore(ApprovalStore):
         return await self._move(
             approval_id,
             "UPDATE approvals SET status = 'executed', executed_at = ? "
-            "WHERE id = ? AND status = 'approved'",
-            (at, approval_id),
+            "WHERE id = ? AND status = 'approved' AND expires_at > ?",
+            (at, approval_id, at),
         )
 
     async def set_justification(
@@ -570,7 +619,7 @@ class SqliteApprovalStore(ApprovalStore):
     async def next_expiry(self) -> float | None:
         def read(conn: sqlite3.Connection) -> float | None:
             row = conn.execute(
-                "SELECT MIN(expires_at) FROM approvals WHERE status = 'pending'"
+                f"SELECT MIN(expires_at) FROM approvals WHERE status IN {_OPEN}"
             ).fetchone()
             return row[0]
 
