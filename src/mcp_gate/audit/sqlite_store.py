@@ -452,6 +452,15 @@ class SqliteAuditStore(AuditStore):
             ]
         )
 
+    async def last_checkpoint(self) -> Checkpoint | None:
+        def read(conn: sqlite3.Connection) -> Checkpoint | None:
+            row = conn.execute(
+                "SELECT * FROM audit_checkpoints ORDER BY seq DESC LIMIT 1"
+            ).fetchone()
+            return None if row is None else checkpoint_of(row)
+
+        return await self._read(read)
+
     async def prune(self, upto_seq: int) -> int:
         def tx(conn: sqlite3.Connection) -> int:
             deleted = conn.execute("DELETE FROM audit_events WHERE seq <= ?", (upto_seq,)).rowcount

@@ -77,6 +77,11 @@ class AuditStore(ABC):
     async def checkpoints(self) -> builtins.list[Checkpoint]:
         """Every kept checkpoint, ascending seq."""
 
+    async def last_checkpoint(self) -> Checkpoint | None:
+        """The kept checkpoint with the highest seq, or None (stores may do this cheaper)."""
+        kept = await self.checkpoints()
+        return kept[-1] if kept else None
+
     @abstractmethod
     async def prune(self, upto_seq: int) -> int:
         """Delete events with seq <= `upto_seq` (and sessions left without events); the number
