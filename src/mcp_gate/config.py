@@ -146,11 +146,20 @@ class ConnectionSettings(_Strict):
         return self
 
 
+class AuditSettings(_Strict):
+    """`[audit]`: every session recorded in the store (DESIGN §8)."""
+
+    enabled: bool = True  # false: nothing is recorded (the decision still runs)
+    checkpoint_every: Duration = 3600.0  # how often the chain head is signed
+    retain: Duration = 90 * 86400.0  # events older than this are pruned (at a checkpoint)
+
+
 class GateConfigFile(_Strict):
     """The whole `mcp-gate.toml`."""
 
     server: ServerSettings = ServerSettings()
     auth: AuthSettings = AuthSettings()
+    audit: AuditSettings = AuditSettings()
     connections: dict[Annotated[str, StringConstraints(pattern=_NAME)], ConnectionSettings] = {}
 
     @model_validator(mode="after")
