@@ -173,9 +173,17 @@ class SqliteAuditStore(AuditStore):
     """`AuditStore` in a SQLite file (created with its folder if missing)."""
 
     def __init__(
-        self, path: str | Path, *, busy_timeout: float = 10.0, max_batch: int = 2000
+        self,
+        path: str | Path,
+        *,
+        busy_timeout: float = 10.0,
+        max_batch: int = 2000,
+        max_page_count: int | None = None,
     ) -> None:
+        """`max_page_count` caps the file's size in pages (SQLite's pragma): reaching it
+        makes appends fail closed, as a full disk does."""
         self.path = Path(path)
+        self.max_page_count = max_page_count
         self.busy_timeout = busy_timeout
         self.max_batch = max_batch
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -236,6 +244,8 @@ class SqliteAuditStore(AuditStore):
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite_db.connect(self.path, busy_timeout=self.busy_timeout, error=AuditUnavailable)
         try:
+            if self.max_page_count is not None:
+                conn.execute(f"PRAGMA max_page_count = {int(self.max_page_count)}")
             sqlite_db.migrate(conn, COMPONENT, _MIGRATIONS, path=self.path, error=AuditUnavailable)
         except BaseException:
             conn.close()

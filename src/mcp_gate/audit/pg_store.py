@@ -1,0 +1,456 @@
+"""`PostgresAuditStore`: the audit chain in PostgreSQL (asyncpg), shared by several replicas.
+
+Same contract as `SqliteAuditStore`. Group commit: `append` queues its events; one writer
+task per store instance takes everything queued (up to `max_batch` events) and commits it in
+one transaction that first locks the chain head row (`SELECT … FROM audit_head … FOR
+UPDATE`): replicas appending at the same time queue on that lock, and each chains after the
+head the previous one committed, so the store holds one gap-free chain. The rows go in with
+COPY; the sessions index and the head row are updated in the same transaction.
+
+A failed commit (server gone, disk full on the server, connection lost) makes every waiter of
+that commit raise `AuditUnavailable` naming the store as `user@host:port/database`, never its
+password; the next commit tries again. Schema: component `audit` in `mcp_gate_schema`
+(version 1), the SQLite tables with PostgreSQL types; migrations run under the advisory lock
+every mcp-gate component takes (`approvals.pg_store.SCHEMA_LOCK`). `data` is kept as text, not
+jsonb: the chain hash covers the exact JSON written, and jsonb would renormalise it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import asyncpg
+
+from mcp_gate.approvals.pg_store import SCHEMA_LOCK
+from mcp_gate.sqltools.dsn import DsnError, describe_target, dsn_password, scrub, to_asyncpg_dsn
+
+from .model import GENESIS, AuditEvent, Checkpoint, SessionInfo, StoredEvent
+from .rows import (
+    EVENT_COLUMNS,
+    SESSION_COLUMNS,
+    chain,
+    checkpoint_of,
+    data_json,
+    index_changes,
+    session_info,
+    stored_event,
+)
+from .store import AuditStore, AuditUnavailable
+
+log = logging.getLogger("mcp_gate.audit")
+
+T = TypeVar("T")
+
+SCHEMA_VERSION = 1
+COMPONENT = "audit"
+APPLICATION_NAME = "mcp-gate audit"
+_FATAL_SQLSTATES = {
+    "28000": "the server refused the login",
+    "28P01": "password authentication failed",
+    "3D000": "the database does not exist",
+    "42501": "the role may not connect",
+}
+_DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: (
+        """
+        CREATE TABLE audit_events (
+            seq         bigint PRIMARY KEY,
+            prev_hash   text NOT NULL,
+            hash        text NOT NULL,
+            session_id  text NOT NULL,
+            kind        text NOT NULL,
+            at          double precision NOT NULL,
+            direction   text,
+            method      text,
+            request_id  text,
+            tool        text,
+            decision    text,
+            approval_id text,
+            duration_ms double precision,
+            data        text NOT NULL
+        )
+        """,
+        "CREATE INDEX audit_events_session ON audit_events (session_id, seq)",
+        "CREATE INDEX audit_events_at ON audit_events (at)",
+        """
+        CREATE TABLE audit_head (
+            id   integer PRIMARY KEY CHECK (id = 1),
+            seq  bigint NOT NULL,
+            hash text NOT NULL
+        )
+        """,
+        f"INSERT INTO audit_head (id, seq, hash) VALUES (1, 0, '{GENESIS}')",
+        """
+        CREATE TABLE audit_sessions (
+            id             text PRIMARY KEY,
+            subject        text NOT NULL,
+            groups         text NOT NULL,
+            client_id      text,
+            transport      text NOT NULL,
+            era            text,
+            client_name    text,
+            client_version text,
+            started_at     double precision NOT NULL,
+            ended_at       double precision,
+            events         bigint NOT NULL DEFAULT 0,
+            calls          bigint NOT NULL DEFAULT 0,
+            denied         bigint NOT NULL DEFAULT 0
+        )
+        """,
+        "CREATE INDEX audit_sessions_started ON audit_sessions (started_at)",
+        "CREATE INDEX audit_sessions_subject ON audit_sessions (subject, started_at)",
+        """
+        CREATE TABLE audit_checkpoints (
+            seq       bigint PRIMARY KEY,
+            head_hash text NOT NULL,
+            at        double precision NOT NULL,
+            key_id    text NOT NULL,
+            signature text NOT NULL
+        )
+        """,
+    ),
+}
+
+_INSERT_SESSION = (
+    f"INSERT INTO audit_sessions ({', '.join(SESSION_COLUMNS)}) "
+    f"VALUES ({', '.join(f'${i + 1}' for i in range(len(SESSION_COLUMNS)))}) "
+    "ON CONFLICT (id) DO NOTHING"
+)
+_UPDATE_SESSION = (
+    "UPDATE audit_sessions SET events = events + $1, calls = calls + $2, denied = denied + $3, "
+    "ended_at = COALESCE($4, ended_at) WHERE id = $5"
+)
+_COLUMNS = ", ".join(EVENT_COLUMNS)
+
+
+@dataclass
+class _Append:
+    items: list[tuple[AuditEvent, str]]
+    future: asyncio.Future[list[StoredEvent]]
+
+
+_STOP = object()
+
+
+class PostgresAuditStore(AuditStore):
+    """`AuditStore` in a PostgreSQL database (module docstring). `dsn` carries no password;
+    `password` comes from the config (`[server] store_password_env` / `_file`)."""
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        password: str | None = None,
+        min_size: int = 1,
+        max_size: int = 4,
+        connect_timeout: float = 10.0,
+        connect_attempts: int = 3,
+        max_batch: int = 2000,
+    ) -> None:
+        self.target = str(describe_target(dsn))
+        self.max_batch = max_batch
+        self._dsn = dsn
+        self._password = password
+        self._secrets = tuple(s for s in (password, dsn_password(dsn)) if s)
+        self._min_size, self._max_size = min_size, max_size
+        self._connect_timeout = connect_timeout
+        self._attempts = max(1, connect_attempts)
+        self._pool: asyncpg.Pool | None = None
+        self._queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._writer: asyncio.Task[None] | None = None
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"<PostgresAuditStore {self.target}>"
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def _problem(self, exc: BaseException) -> str:
+        text = str(exc).strip()
+        if not isinstance(exc, asyncpg.PostgresError):
+            text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+        return scrub(text, self._secrets)
+
+    def _unavailable(self, exc: BaseException, doing: str = "cannot record") -> AuditUnavailable:
+        return AuditUnavailable(f"the audit store ({self.target}) {doing}: {self._problem(exc)}")
+
+    async def open(self) -> None:
+        if self._pool is not None:
+            return
+        if self._closed:
+            raise AuditUnavailable("the audit store is closed")
+        pool = await self._create_pool()
+        try:
+            async with pool.acquire() as conn:
+                await self._migrate(conn)
+        except BaseException as exc:
+            await pool.close()
+            if isinstance(exc, _DB_ERRORS):
+                raise self._unavailable(exc, "cannot be set up") from None
+            raise
+        self._pool = pool
+        self._writer = asyncio.create_task(self._run(), name="mcp-gate-audit-writer")
+
+    async def _create_pool(self) -> asyncpg.Pool:
+        delay = 0.5
+        for attempt in range(1, self._attempts + 1):
+            try:
+                return await asyncpg.create_pool(
+                    to_asyncpg_dsn(self._dsn),
+                    password=self._password,
+                    min_size=self._min_size,
+                    max_size=self._max_size,
+                    timeout=self._connect_timeout,
+                    server_settings={"application_name": APPLICATION_NAME},
+                )
+            except (*_DB_ERRORS, DsnError, ValueError) as exc:
+                fatal = _FATAL_SQLSTATES.get(getattr(exc, "sqlstate", "") or "")
+                if fatal is None and isinstance(exc, DsnError | ValueError):
+                    fatal = "invalid connection settings"
+                if fatal is not None or attempt == self._attempts:
+                    reason = f"{fatal}: " if fatal else ""
+                    raise AuditUnavailable(
+                        f"the audit store ({self.target}) is unavailable after {attempt} "
+                        f"attempt(s): {reason}{self._problem(exc)}"
+                    ) from None
+                log.warning(
+                    "audit store (%s): attempt %d/%d failed (%s); retrying in %.1fs",
+                    self.target, attempt, self._attempts, self._problem(exc), delay,
+                )  # fmt: skip
+                await asyncio.sleep(delay)
+                delay *= 2
+        raise AssertionError("unreachable")
+
+    async def _migrate(self, conn: asyncpg.Connection) -> None:
+        latest = max(_MIGRATIONS)
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", SCHEMA_LOCK)
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS mcp_gate_schema "
+                "(component text PRIMARY KEY, version integer NOT NULL)"
+            )
+            version = await conn.fetchval(
+                "SELECT version FROM mcp_gate_schema WHERE component = $1", COMPONENT
+            )
+            version = version or 0
+            if version > latest:
+                raise AuditUnavailable(
+                    f"the audit store ({self.target}): audit schema version {version} is "
+                    f"newer than this mcp-gate understands ({latest})"
+                )
+            for target in sorted(v for v in _MIGRATIONS if v > version):
+                for statement in _MIGRATIONS[target]:
+                    await conn.execute(statement)
+            await conn.execute(
+                "INSERT INTO mcp_gate_schema (component, version) VALUES ($1, $2) "
+                "ON CONFLICT (component) DO UPDATE SET version = excluded.version",
+                COMPONENT,
+                latest,
+            )
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            self._queue.put_nowait(_STOP)
+            await writer  # commits everything queued before the stop
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
+
+    def _require(self) -> asyncpg.Pool:
+        if self._pool is None or self._closed:
+            raise AuditUnavailable("the audit store is closed")
+        return self._pool
+
+    @contextlib.asynccontextmanager
+    async def _errors(self, doing: str) -> AsyncIterator[None]:
+        try:
+            yield
+        except _DB_ERRORS as exc:
+            raise self._unavailable(exc, doing) from None
+
+    async def _tx(self, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        pool = self._require()
+        async with self._errors("cannot record"), pool.acquire() as conn, conn.transaction():
+            return await fn(conn)
+
+    async def _fetch(self, sql: str, *args: Any) -> builtins.list[asyncpg.Record]:
+        pool = self._require()
+        async with self._errors("cannot be read"):
+            return await pool.fetch(sql, *args)
+
+    # -- the writer task --------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            group: list[_Append] = []
+            item = await self._queue.get()
+            count = 0
+            while True:
+                if item is _STOP:
+                    stopping = True
+                elif stopping:
+                    _settle(item.future, error=AuditUnavailable("the audit store is closed"))
+                else:
+                    group.append(item)
+                    count += len(item.items)
+                if count >= self.max_batch:
+                    break
+                try:
+                    item = self._queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    break
+            if group:
+                await self._commit(group)
+
+    async def _commit(self, group: list[_Append]) -> None:
+        async def tx(conn: asyncpg.Connection) -> list[list[StoredEvent]]:
+            row = await conn.fetchrow("SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE")
+            results, rows, (seq, head_hash) = chain(
+                (row["seq"], row["hash"]), [a.items for a in group]
+            )
+            await conn.copy_records_to_table("audit_events", records=rows, columns=EVENT_COLUMNS)
+            changes = index_changes(e for a in group for e, _ in a.items)
+            if changes.starts:
+                await conn.executemany(_INSERT_SESSION, changes.starts)
+            await conn.executemany(
+                _UPDATE_SESSION,
+                [(d.events, d.calls, d.denied, d.ended_at, s) for s, d in changes.deltas.items()],
+            )
+            await conn.execute(
+                "UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1", seq, head_hash
+            )
+            return results
+
+        try:
+            results = await self._tx(tx)
+        except AuditUnavailable as error:
+            for a in group:
+                _settle(a.future, error=error)
+            return
+        except Exception as exc:  # a bug must not kill the writer and strand every waiter
+            log.exception("audit store (%s): commit failed", self.target)
+            error = AuditUnavailable(f"the audit store ({self.target}) cannot record: {exc}")
+            for a in group:
+                _settle(a.future, error=error)
+            return
+        for a, stored in zip(group, results, strict=True):
+            _settle(a.future, stored)
+
+    # -- the interface ----------------------------------------------------------------------
+
+    async def append(self, events: Sequence[AuditEvent]) -> builtins.list[StoredEvent]:
+        if not events:
+            return []
+        self._require()
+        item = _Append(
+            [(event, data_json(event)) for event in events],
+            asyncio.get_running_loop().create_future(),
+        )
+        self._queue.put_nowait(item)
+        return await item.future
+
+    async def head(self) -> tuple[int, str]:
+        rows = await self._fetch("SELECT seq, hash FROM audit_head WHERE id = 1")
+        return (rows[0]["seq"], rows[0]["hash"]) if rows else (0, GENESIS)
+
+    async def events(
+        self,
+        *,
+        session_id: str | None = None,
+        since: float | None = None,
+        after_seq: int = 0,
+        limit: int | None = None,
+    ) -> builtins.list[StoredEvent]:
+        sql = f"SELECT {_COLUMNS} FROM audit_events WHERE seq > $1"
+        params: builtins.list[Any] = [after_seq]
+        if session_id is not None:
+            params.append(session_id)
+            sql += f" AND session_id = ${len(params)}"
+        if since is not None:
+            params.append(float(since))
+            sql += f" AND at >= ${len(params)}"
+        sql += " ORDER BY seq"
+        if limit is not None:
+            params.append(max(0, int(limit)))
+            sql += f" LIMIT ${len(params)}"
+        return [stored_event(r) for r in await self._fetch(sql, *params)]
+
+    async def sessions(
+        self,
+        *,
+        principal: str | None = None,
+        since: float | None = None,
+        limit: int = 100,
+    ) -> builtins.list[SessionInfo]:
+        sql = "SELECT * FROM audit_sessions WHERE true"
+        params: builtins.list[Any] = []
+        if principal is not None:
+            params.append(principal)
+            sql += f" AND subject = ${len(params)}"
+        if since is not None:
+            params.append(float(since))
+            sql += f" AND started_at >= ${len(params)}"
+        params.append(max(0, int(limit)))
+        sql += f" ORDER BY started_at DESC, id LIMIT ${len(params)}"
+        return [session_info(r) for r in await self._fetch(sql, *params)]
+
+    async def session(self, session_id: str) -> SessionInfo | None:
+        rows = await self._fetch("SELECT * FROM audit_sessions WHERE id = $1", session_id)
+        return session_info(rows[0]) if rows else None
+
+    async def add_checkpoint(self, checkpoint: Checkpoint) -> None:
+        async def tx(conn: asyncpg.Connection) -> None:
+            await conn.execute(
+                "INSERT INTO audit_checkpoints (seq, head_hash, at, key_id, signature) "
+                "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (seq) DO NOTHING",
+                checkpoint.seq,
+                checkpoint.head_hash,
+                float(checkpoint.at),
+                checkpoint.key_id,
+                checkpoint.signature,
+            )
+
+        await self._tx(tx)
+
+    async def checkpoints(self) -> builtins.list[Checkpoint]:
+        rows = await self._fetch("SELECT * FROM audit_checkpoints ORDER BY seq")
+        return [checkpoint_of(r) for r in rows]
+
+    async def last_checkpoint(self) -> Checkpoint | None:
+        rows = await self._fetch("SELECT * FROM audit_checkpoints ORDER BY seq DESC LIMIT 1")
+        return checkpoint_of(rows[0]) if rows else None
+
+    async def prune(self, upto_seq: int) -> int:
+        async def tx(conn: asyncpg.Connection) -> int:
+            status = await conn.execute("DELETE FROM audit_events WHERE seq <= $1", upto_seq)
+            await conn.execute(
+                "DELETE FROM audit_sessions s WHERE NOT EXISTS "
+                "(SELECT 1 FROM audit_events e WHERE e.session_id = s.id)"
+            )
+            return int(status.split()[-1])
+
+        return await self._tx(tx)
+
+
+def _settle(
+    future: asyncio.Future[T], result: T | None = None, error: BaseException | None = None
+) -> None:
+    if future.done():  # the waiter was cancelled: nothing to wake
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)  # type: ignore[arg-type]
