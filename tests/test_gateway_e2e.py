@@ -80,9 +80,14 @@ def shop(pg_dsn: str) -> Iterator[Shop]:
 @pytest.fixture(scope="module")
 def gateway(shop: Shop, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     folder = tmp_path_factory.mktemp("gateway")
-    # The sample policy, waiting 1 s for approvers instead of 2 minutes.
+    # The sample policy, waiting 1 s for approvers instead of 2 minutes, and with "bulk
+    # export" above the million-row table that the truncation test reads (it holds that read
+    # for review otherwise: tests/test_estimated_rows.py covers the rule).
     policies = folder / "policies.toml"
-    policies.write_text(SAMPLE_POLICY.read_text().replace('wait = "2m"', 'wait = "1s"'))
+    sample = SAMPLE_POLICY.read_text().replace('wait = "2m"', 'wait = "1s"')
+    policies.write_text(
+        sample.replace("estimated_rows = { gt = 10000 }", "estimated_rows = { gt = 10000000 }")
+    )
     with running_gateway(
         folder, dsn=shop.reader, write_dsn=shop.writer, env={}, policies=policies
     ) as gw:

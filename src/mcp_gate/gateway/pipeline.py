@@ -91,7 +91,37 @@ class Pipeline:
         )
         inspection = inspect_call(call, upstream.sql_argument(name))
         inspection = await upstream.analyze(call, principal, inspection)
-        decision = self._policy().engine.decide(principal, call, inspection)
+        engine = self._policy().engine
+        decision = engine.decide(principal, call, inspection)
+        if (
+            inspection.estimated_rows is None
+            and inspection.unresolved is None  # refused below whatever the estimate
+            and (
+                decision.estimate_wanted
+                or (decision.decision == "review" and inspection.sql is not None)
+            )
+        ):
+            # EXPLAIN only when a rule could change on the estimate, or for the approver of a
+            # held SQL call: on the read path it costs a transaction on the database.
+            estimate = await upstream.estimate(call, principal, inspection)
+            inspection = replace(inspection, estimated_rows=estimate.rows)
+            decision = engine.decide(principal, call, inspection)
+            blocked = decision.blocked_by_estimate
+            if blocked:
+                # Fail closed: a rule that would hold or refuse the call cannot be evaluated.
+                rules = ", ".join(f'"{n}"' for n in blocked)
+                decision = replace(
+                    decision,
+                    decision="deny",
+                    deciding=("estimated_rows_unknown",),
+                    default_used=False,
+                )
+                return error_result(
+                    f"mcp-gate: denied (estimated_rows_unknown): rule {rules} depends on the "
+                    f"planner's row estimate, which the gateway could not get: "
+                    f"{estimate.problem or 'no estimate'}.",
+                    decision,
+                )
         if inspection.unresolved is not None and decision.decision != "deny":
             # Fail closed: what cannot be traced cannot be masked, whatever the policy allows.
             decision = replace(

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
 from mcp import types
 
 from mcp_gate.calls import Principal, ToolCall
 from mcp_gate.inspect.model import Inspection
+
+
+@dataclass(frozen=True, slots=True)
+class Estimate:
+    """The planner's estimate of the rows a call reads or touches, or why there is none."""
+
+    rows: int | None
+    problem: str | None = None
 
 
 class Upstream(Protocol):
@@ -35,6 +44,13 @@ class Upstream(Protocol):
         self, call: ToolCall, principal: Principal, inspection: Inspection
     ) -> Inspection:
         """Add what only this upstream can know (lineage against its catalog) before deciding."""
+        ...
+
+    async def estimate(
+        self, call: ToolCall, principal: Principal, inspection: Inspection
+    ) -> Estimate:
+        """The rows the call would read or touch, asked only when the policy or an approver
+        needs it; `rows` is None (with the reason) when this upstream cannot tell."""
         ...
 
     async def call_tool(

@@ -98,9 +98,14 @@ def test(
         inspection = replace(inspection, extra_risks=frozenset(risks))
         if report.lineage is not None:
             inspection = replace(inspection, columns=report.lineage.referenced_columns)
+        if report.estimate is not None:
+            inspection = replace(inspection, estimated_rows=report.estimate.rows)
     decision = policy.engine.decide(principal, call, inspection)
     if report is not None and report.unresolved and decision.decision != "deny":
         decision = replace(decision, decision="deny", deciding=("lineage_unresolved",))
+    elif report is not None and report.estimate is not None and decision.blocked_by_estimate:
+        # As the gateway: a restricting rule it could not evaluate without an estimate.
+        decision = replace(decision, decision="deny", deciding=("estimated_rows_unknown",))
     if as_json:
         answer = test_result_to_dict(principal, call, inspection, decision)
         if report is not None:

@@ -14,8 +14,11 @@ Semantics, chosen so that doubt always falls on the strict side:
   call does not have (no SQL, no tables) never matches.
 - `groups` and `sql_risk` are always any-of: membership of one group, presence of one flag.
 - `tables` patterns without a dot match the name in any schema (`users` ≡ `*.users`).
-- `estimated_rows` holds only when an estimate is known; the Decision lists the conditions
-  that could not be evaluated so the caller can see them.
+- `estimated_rows` holds only when an estimate is known, and only calls with SQL have one.
+  For those, the Decision lists the conditions that could not be evaluated, says whether an
+  estimate could change it (`estimate_wanted`: the gateway then asks the planner) and which
+  restricting rules only the missing estimate kept from applying (`blocked_by_estimate`: the
+  gateway denies those calls rather than let them through on a rule it could not evaluate).
 
 Rules are compiled once (globs → one regex per key) so a decision costs microseconds.
 """
@@ -114,6 +117,7 @@ class CompiledRule:
     approvers: tuple[str, ...] | None
     quorum: int | None
     needs_estimate: bool
+    unless_needs_estimate: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +144,17 @@ class Decision:
     quorum: int
     unknown: tuple[str, ...]
     policy_version: str
+    #: (name, decision) of each rule that only the missing estimate kept from matching.
+    unknown_rules: tuple[tuple[str, Verdict], ...] = ()
+    #: An estimate of the rows could change this decision (a rule's match or unless needs it).
+    estimate_wanted: bool = False
+
+    @property
+    def blocked_by_estimate(self) -> tuple[str, ...]:
+        """Restricting rules, stricter than the verdict, that the missing estimate kept from
+        applying: a caller that could not get an estimate must not let the call through."""
+        floor = _STRICTNESS[self.decision]
+        return tuple(n for n, d in self.unknown_rules if _STRICTNESS[d] > floor)
 
     @property
     def reasons(self) -> list[str]:
@@ -248,7 +263,8 @@ def _rows_condition(bound: RowBound) -> Condition:
             and (lte is None or n <= lte)
         )
 
-    parts = [f"{op} {v}" for op, v in (("gt", gt), ("gte", gte), ("lt", lt), ("lte", lte)) if v]
+    bounds = (("gt", gt), ("gte", gte), ("lt", lt), ("lte", lte))
+    parts = [f"{op} {v}" for op, v in bounds if v is not None]
     return _call(
         "estimated_rows",
         test,
@@ -338,6 +354,7 @@ def compile_match(m: Match, every: bool) -> tuple[Condition, ...]:
 def compile_rule(rule: Rule) -> CompiledRule:
     """Compile a rule; grants quantify over every item, restrictions over any."""
     grants = rule.decision == "allow"
+    unless_estimate = rule.unless is not None and rule.unless.estimated_rows is not None
     return CompiledRule(
         name=rule.name,
         decision=rule.decision,
@@ -345,8 +362,8 @@ def compile_rule(rule: Rule) -> CompiledRule:
         unless=compile_match(rule.unless, every=not grants) if rule.unless else None,
         approvers=tuple(rule.approvers) if rule.approvers is not None else None,
         quorum=rule.quorum,
-        needs_estimate=rule.match.estimated_rows is not None
-        or (rule.unless is not None and rule.unless.estimated_rows is not None),
+        needs_estimate=rule.match.estimated_rows is not None or unless_estimate,
+        unless_needs_estimate=unless_estimate,
     )
 
 
@@ -386,6 +403,7 @@ class Engine:
         self.needs_estimate = any(r.needs_estimate for r in self.rules)
         self._match_all = _build_matcher(self.rules)
         self._estimating = [i for i, r in enumerate(self.rules) if r.needs_estimate]
+        self._exemptable = any(r.unless_needs_estimate for r in self.rules)
 
     def decide(self, principal: Principal, call: ToolCall, inspection: Inspection) -> Decision:
         """Judge one call: the strictest applicable rule wins, else the default."""
@@ -395,14 +413,15 @@ class Engine:
         applied: list[CompiledRule] = []
         matched = self._match_all(facts)
         # A rule "not evaluated" is one that only the missing estimate kept from matching.
-        unknown = (
+        # A call without SQL has no rows to estimate: like `tables`, the key cannot hold.
+        unknown_rules = (
             [
-                f'rule "{self.rules[i].name}": estimated_rows unknown'
+                self.rules[i]
                 for i in self._estimating
                 if i not in matched
                 and all(c.test(facts) for c in self.rules[i].match if c.key != "estimated_rows")
             ]
-            if facts.estimated_rows is None
+            if facts.estimated_rows is None and self._estimating and facts.sql_kinds
             else []
         )
         for index in matched:
@@ -431,6 +450,19 @@ class Engine:
                         groups.append(g)
             approvers = tuple(groups)
             quorum = max([r.quorum or settings.quorum for r in deciding] or [settings.quorum])
+        # Could an estimate change the verdict? An unknown rule stricter than it would apply;
+        # with no rule applied, any unknown rule would replace the default; a deciding rule's
+        # `unless` might exempt it (the missing estimate kept it applying: the strict side).
+        floor = _STRICTNESS[verdict]
+        estimate_wanted = bool(unknown_rules or self._exemptable) and (
+            any(_STRICTNESS[r.decision] > floor for r in unknown_rules)
+            or (not applied and any(r.decision != self.default for r in unknown_rules))
+            or (
+                facts.estimated_rows is None
+                and bool(facts.sql_kinds)
+                and any(r.unless_needs_estimate for r in deciding)
+            )
+        )
         return Decision(
             decision=verdict,
             deciding=tuple(r.name for r in deciding),
@@ -440,6 +472,8 @@ class Engine:
             risks=tuple(sorted(facts.risks)),
             approvers=approvers,
             quorum=quorum,
-            unknown=tuple(unknown),
+            unknown=tuple(f'rule "{r.name}": estimated_rows unknown' for r in unknown_rules),
             policy_version=self.version,
+            unknown_rules=tuple((r.name, r.decision) for r in unknown_rules),
+            estimate_wanted=estimate_wanted,
         )

@@ -75,7 +75,10 @@ def test_result_to_dict(
             "connection": call.connection,
             "arguments": call.arguments,
         },
-        "inspection": {"sql": sql_to_dict(inspection.sql) if inspection.sql else None},
+        "inspection": {
+            "sql": sql_to_dict(inspection.sql) if inspection.sql else None,
+            "estimated_rows": inspection.estimated_rows,
+        },
         "decision": decision_to_dict(decision),
     }
 
@@ -179,8 +182,10 @@ def print_test(
 
 def columns_to_dict(report: ColumnReport) -> dict[str, Any]:
     """The per-column masking verdicts for `--json`."""
+    estimate = report.estimate
     return {
         "problem": report.problem,
+        "estimate_problem": estimate.problem if estimate is not None else None,
         "sensitive_predicates": list(report.sensitive_predicates),
         "outputs": [
             {
@@ -199,7 +204,19 @@ def columns_to_dict(report: ColumnReport) -> dict[str, Any]:
 
 
 def print_columns(console: Console, report: ColumnReport) -> None:
-    """Each output column: masked or not, the base columns it derives from, and the rule."""
+    """The row estimate, then each output column: masked or not, the base columns it derives
+    from, and the rule."""
+    if report.estimate is not None:
+        rows = report.estimate.rows
+        console.print(
+            Text(
+                f"estimated rows: {rows:,} (EXPLAIN, not run)"
+                if rows is not None
+                else f"estimated rows: unknown ({report.estimate.problem}); the gateway denies "
+                "a call that a rule needing the estimate would hold or refuse",
+                style="bold" if rows is not None else "yellow",
+            )
+        )
     if report.problem is not None:
         console.print(Panel(Text(report.problem, style="red"), title="columns", title_align="left"))
         return

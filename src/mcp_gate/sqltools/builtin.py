@@ -13,6 +13,7 @@ from mcp import types
 
 from mcp_gate.calls import Principal, ToolCall
 from mcp_gate.config import ConnectionSettings
+from mcp_gate.gateway.upstream import Estimate
 from mcp_gate.inspect.catalog import CatalogCache, CatalogError
 from mcp_gate.inspect.lineage import LineageCache, LineageUnresolved
 from mcp_gate.inspect.model import Inspection, Risk, SqlKind
@@ -21,6 +22,7 @@ from mcp_gate.mask.rules import MaskPlan
 from mcp_gate.mask.scan import scan_value
 from mcp_gate.sqltools import catalog_queries, execute, results
 from mcp_gate.sqltools.errors import FieldCountMismatch, SqlToolError
+from mcp_gate.sqltools.estimate import EXPLAINABLE, estimate_rows
 
 log = logging.getLogger("mcp_gate.sqltools")
 
@@ -32,10 +34,6 @@ WRITE_KINDS = frozenset(
 )
 #: Statement kinds whose output is traced column by column (DML: its RETURNING list).
 TRACED_KINDS = frozenset(
-    {SqlKind.SELECT, SqlKind.INSERT, SqlKind.UPDATE, SqlKind.DELETE, SqlKind.MERGE}
-)
-#: Statement kinds `sql_explain` may wrap: the planner explains, nothing executes.
-EXPLAINABLE = frozenset(
     {SqlKind.SELECT, SqlKind.INSERT, SqlKind.UPDATE, SqlKind.DELETE, SqlKind.MERGE}
 )
 
@@ -289,6 +287,30 @@ class BuiltinSql:
             columns=lineage.referenced_columns,
             extra_risks=frozenset(risks),
         )
+
+    async def estimate(
+        self, call: ToolCall, principal: Principal, inspection: Inspection
+    ) -> Estimate:
+        """The planner's row estimate for the statement of `sql_query` or `sql_explain`
+        (`sqltools.estimate`: EXPLAIN without ANALYZE, read-only, rolled back)."""
+        sql = inspection.sql
+        conn = self.connections.get(call.connection or "")
+        if call.tool not in ("sql_query", "sql_explain") or sql is None or conn is None:
+            return Estimate(None, "only the SQL tools' statements have a row estimate")
+        params = call.arguments.get("params")
+        estimate = await estimate_rows(
+            sql,
+            params if isinstance(params, list) else None,
+            read_pool=conn.read_pool,
+            write_pool=conn.write_pool,
+            connection=conn.name,
+            statement_timeout_ms=conn.statement_timeout_ms,
+            lock_timeout_ms=conn.lock_timeout_ms,
+        )
+        if estimate.problem is None:
+            return estimate
+        # PostgreSQL quotes values in its messages: the reason passes the detectors too.
+        return Estimate(None, self.masking.scrub(estimate.problem, principal))
 
     async def call_tool(
         self, call: ToolCall, principal: Principal, inspection: Inspection

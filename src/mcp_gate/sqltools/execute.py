@@ -421,8 +421,10 @@ async def explain(
     explained (e.g. pglast says a single SELECT). The agent text is appended to a gateway
     prefix, so the classification matters; the server's one-statement rule for prepared
     statements still refuses `SELECT 1; DELETE …`, and the READ ONLY transaction refuses
-    writes. Returns `{"plan": <EXPLAIN JSON>, "estimated_rows": Plan Rows of the top node,
-    "estimated_cost": its Total Cost}`.
+    writes. Returns `{"plan": <EXPLAIN JSON>, "estimated_rows": …, "estimated_cost": Total
+    Cost of the top node}`. `estimated_rows` is the top node's Plan Rows, except for DML,
+    whose top node (ModifyTable) returns no rows without RETURNING: then it is the rows its
+    input plan feeds it, i.e. the rows the statement would insert, update or delete.
     """
     result = await run_read(
         pool,
@@ -441,7 +443,12 @@ async def explain(
     plan = json.loads(raw) if isinstance(raw, str) else raw
     try:
         top = plan[0]["Plan"]
-        estimated_rows = int(top["Plan Rows"])
+        counted = top
+        if top.get("Node Type") == "ModifyTable":
+            # Its input ("Outer"); InitPlans and SubPlans are listed beside it.
+            inputs = [p for p in top.get("Plans", ()) if p.get("Parent Relationship") == "Outer"]
+            counted = inputs[0] if inputs else top
+        estimated_rows = int(counted["Plan Rows"])
         estimated_cost = float(top["Total Cost"])
     except (LookupError, TypeError, ValueError):
         raise QueryError("EXPLAIN returned an unexpected plan shape") from None
