@@ -64,13 +64,17 @@ def write_config(
     write_dsn: str | None,
     extra: str = "",
     policies: Path | None = None,
+    server_extra: str = "",
+    data_dir: str = "state",
 ) -> Path:
-    """An mcp-gate.toml with the dev issuer and one connection named `demo`."""
+    """An mcp-gate.toml with the dev issuer and one connection named `demo`; `server_extra`
+    goes into `[server]` (e.g. `store = …`), `extra` at the end."""
     policies = policies or Path(__file__).resolve().parents[1] / "policies.toml"
     text = f"""[server]
 listen = "127.0.0.1:{port}"
 policies = "{policies.as_posix()}"
-data_dir = "state"
+data_dir = "{data_dir}"
+{server_extra}
 
 [auth]
 dev_issuer = true
@@ -113,11 +117,23 @@ def running_gateway(
     env: dict[str, str],
     extra: str = "",
     policies: Path | None = None,
+    server_extra: str = "",
+    data_dir: str = "state",
+    port: int | None = None,
 ) -> Iterator[Gateway]:
-    """Start `mcp-gate serve` on a free port; stop it (SIGTERM, then SIGKILL) afterwards."""
-    port = free_port()
+    """Start `mcp-gate serve` on `port` (default: a free one); stop it (SIGTERM, then SIGKILL)
+    afterwards. Several replicas of one gateway: the same `server_extra` store and
+    `public_url`, and one absolute `data_dir` (the dev issuer's and the state keys)."""
+    port = port or free_port()
     config = write_config(
-        folder, port=port, dsn=dsn, write_dsn=write_dsn, extra=extra, policies=policies
+        folder,
+        port=port,
+        dsn=dsn,
+        write_dsn=write_dsn,
+        extra=extra,
+        policies=policies,
+        server_extra=server_extra,
+        data_dir=data_dir,
     )
     full_env = {**os.environ, **env}
     gateway = Gateway(folder, config, f"http://127.0.0.1:{port}/mcp", full_env)

@@ -129,3 +129,59 @@ def test_password_in_a_url_query_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigFileError, match="password_env") as info:
         load_config(path)
     assert "s3cret" not in str(info.value)
+
+
+# -- [server] store --------------------------------------------------------------------------
+
+
+def test_store_keys(tmp_path: Path) -> None:
+    cfg = load_config(
+        write(
+            tmp_path,
+            """[server]
+store = "postgresql://gate@db.internal:5432/gate"
+store_password_env = "GATE_STORE_PASSWORD"
+""",
+        )
+    )
+    assert cfg.model.server.store == "postgresql://gate@db.internal:5432/gate"
+    assert cfg.model.server.store_password_env == "GATE_STORE_PASSWORD"
+    assert load_config(write(tmp_path, "")).model.server.store == "sqlite:///.mcp-gate/gate.db"
+
+
+@pytest.mark.parametrize(
+    "store",
+    [
+        "postgresql://gate:s3cret@db/gate",
+        "postgres://gate:s3cret@db:5432/gate",
+        "postgresql://gate@db/gate?password=s3cret",
+    ],
+)
+def test_store_url_with_a_password_is_refused_without_echoing_it(
+    tmp_path: Path, store: str
+) -> None:
+    path = write(tmp_path, f'[server]\nlisten = "127.0.0.1:9000"\nstore = "{store}"\n')
+    with pytest.raises(ConfigFileError) as info:
+        load_config(path)
+    [problem] = info.value.problems
+    assert (problem.line, problem.key) == (3, "server.store")
+    assert "store_password_env" in problem.message
+    assert "s3cret" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('store = "mysql://x@db/gate"', "sqlite:///FILE or postgresql://"),
+        ('store = "sqlite:///"', "needs a file"),
+        ('store_password_env = "X"', "need a postgresql:// store"),
+        (
+            'store = "postgresql://g@db/x"\nstore_password_env = "X"\nstore_password_file = "f"',
+            "not both",
+        ),
+    ],
+)
+def test_bad_store_settings(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigFileError, match=message) as info:
+        load_config(write(tmp_path, f"[server]\n{text}\n"))
+    assert all(p.line is not None for p in info.value.problems)

@@ -28,6 +28,8 @@ from mcp_gate.sqltools.dsn import dsn_password
 from mcp_gate.tomlfile import ConfigFileError, Problem, read_toml, validate
 
 DEFAULT_CONFIG = "mcp-gate.toml"
+STORE_SQLITE = "sqlite:///"
+STORE_POSTGRESQL = ("postgresql://", "postgres://")
 _NAME = r"^[A-Za-z][A-Za-z0-9_-]{0,62}$"
 
 
@@ -74,8 +76,38 @@ class ServerSettings(_Strict):
     policies: str = "policies.toml"
     data_dir: str = ".mcp-gate"
     store: str = "sqlite:///.mcp-gate/gate.db"
+    store_password_env: str | None = None
+    store_password_file: str | None = None
     allowed_origins: list[str] = []
     max_request_bytes: Annotated[int, Field(ge=1024)] = 4 * 1024 * 1024
+
+    @field_validator("store")
+    @classmethod
+    def _store(cls, value: str) -> str:
+        if value.startswith(STORE_SQLITE):
+            if not value.removeprefix(STORE_SQLITE):
+                raise ValueError(
+                    "a sqlite:/// store needs a file, e.g. sqlite:///.mcp-gate/gate.db"
+                )
+            return value
+        if not value.startswith(STORE_POSTGRESQL):
+            raise ValueError("store must be sqlite:///FILE or postgresql://USER@HOST:PORT/DATABASE")
+        if _has_inline_password(value):
+            raise ValueError(
+                "the store URL contains a password; remove it and use store_password_env or "
+                "store_password_file (secrets are referenced, never written into the config)"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _store_secret(self) -> ServerSettings:
+        if self.store_password_env and self.store_password_file:
+            raise ValueError("give store_password_env or store_password_file, not both")
+        if (self.store_password_env or self.store_password_file) and not self.store.startswith(
+            STORE_POSTGRESQL
+        ):
+            raise ValueError("store_password_env/store_password_file need a postgresql:// store")
+        return self
 
     @field_validator("listen")
     @classmethod
