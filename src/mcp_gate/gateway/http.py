@@ -22,6 +22,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from mcp_gate.audit.recorder import Recorder
 from mcp_gate.auth import (
     InvalidToken,
     JwtVerifier,
@@ -30,6 +31,7 @@ from mcp_gate.auth import (
     www_authenticate,
 )
 from mcp_gate.auth.prm import resource_metadata_url
+from mcp_gate.gateway.audit_tap import HttpAuditTap
 from mcp_gate.gateway.mcp_server import PRINCIPAL_SCOPE_KEY
 
 log = logging.getLogger("mcp_gate.http")
@@ -153,17 +155,22 @@ def build_http_app(
     security: TransportSecuritySettings,
     max_request_bytes: int,
     extra_routes: list[BaseRoute] | None = None,
+    recorder: Recorder | None = None,
 ) -> Starlette:
-    """The Starlette app: `/mcp` (both eras) behind bearer auth, PRM, and any extra routes."""
+    """The Starlette app: `/mcp` (both eras) behind bearer auth, PRM, and any extra routes.
+    With a `recorder`, every `/mcp` message in and out is recorded (inside the auth, so the
+    caller is known and the token never reaches the recording)."""
     manager = StreamableHTTPSessionManager(
         app=server,
         security_settings=security,
         max_request_body_size=max_request_bytes,
     )
     mcp_path = urlsplit(public_url).path or "/mcp"
-    endpoint = BearerAuth(
-        StreamableHTTPASGIApp(manager), verifier, resource_metadata_url(public_url)
-    )
+    mcp_app: ASGIApp = StreamableHTTPASGIApp(manager)
+    if recorder is not None:
+        recorder.session_idle = manager.session_idle_timeout  # legacy sessions end together
+        mcp_app = HttpAuditTap(mcp_app, recorder)
+    endpoint = BearerAuth(mcp_app, verifier, resource_metadata_url(public_url))
     routes: list[BaseRoute] = [Route(mcp_path, endpoint=endpoint)]
     routes += _prm_routes(public_url, issuer)
     routes += extra_routes or []

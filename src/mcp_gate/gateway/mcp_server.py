@@ -10,6 +10,7 @@ from mcp.server import Server, ServerRequestContext
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from mcp_gate import __version__
+from mcp_gate.audit.recorder import AUDIT_SESSION_SCOPE_KEY
 from mcp_gate.calls import Principal
 from mcp_gate.gateway.hold import Interaction
 from mcp_gate.gateway.pipeline import Pipeline
@@ -25,14 +26,24 @@ INSTRUCTIONS = (
 )
 
 PrincipalOf = Callable[[ServerRequestContext[Any, Any]], Principal | None]
+SessionOf = Callable[[ServerRequestContext[Any, Any]], str | None]
+
+
+def _scope_of(ctx: ServerRequestContext[Any, Any]) -> dict[str, Any]:
+    scope = getattr(ctx.request, "scope", None)
+    return scope if isinstance(scope, dict) else {}
 
 
 def http_principal(ctx: ServerRequestContext[Any, Any]) -> Principal | None:
     """The caller of an HTTP request, as the bearer-token middleware recorded it."""
-    request = ctx.request
-    scope = getattr(request, "scope", None)
-    principal = scope.get(PRINCIPAL_SCOPE_KEY) if isinstance(scope, dict) else None
+    principal = _scope_of(ctx).get(PRINCIPAL_SCOPE_KEY)
     return principal if isinstance(principal, Principal) else None
+
+
+def http_audit_session(ctx: ServerRequestContext[Any, Any]) -> str | None:
+    """The audit session of an HTTP request, as the audit tap recorded it."""
+    session = _scope_of(ctx).get(AUDIT_SESSION_SCOPE_KEY)
+    return session if isinstance(session, str) else None
 
 
 def interaction_of(
@@ -59,8 +70,11 @@ def interaction_of(
     )
 
 
-def build_server(pipeline: Pipeline, principal_of: PrincipalOf) -> Server[Any]:
-    """An SDK server whose tools are the pipeline's; calls without a caller are refused."""
+def build_server(
+    pipeline: Pipeline, principal_of: PrincipalOf, session_of: SessionOf | None = None
+) -> Server[Any]:
+    """An SDK server whose tools are the pipeline's; calls without a caller are refused.
+    `session_of` names the audit session a call's decision is recorded in."""
 
     async def on_list_tools(
         ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
@@ -74,7 +88,11 @@ def build_server(pipeline: Pipeline, principal_of: PrincipalOf) -> Server[Any]:
         if principal is None:
             return error_result("mcp-gate: the caller is not authenticated; nothing was run.")
         return await pipeline.call_tool(
-            principal, params.name, params.arguments, interaction_of(ctx, params)
+            principal,
+            params.name,
+            params.arguments,
+            interaction_of(ctx, params),
+            session_id=session_of(ctx) if session_of is not None else None,
         )
 
     return Server(

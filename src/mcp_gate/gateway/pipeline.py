@@ -14,6 +14,7 @@ from typing import Any
 
 from mcp import types
 
+from mcp_gate.audit.recorder import Recorder
 from mcp_gate.calls import Principal, ToolCall
 from mcp_gate.gateway.hold import Approvals, Interaction, hold
 from mcp_gate.gateway.results import error_result, refusal_text, with_decision
@@ -34,9 +35,11 @@ class Pipeline:
         policy: Callable[[], LoadedPolicy],
         upstreams: list[Upstream],
         approvals: Approvals | None = None,
+        recorder: Recorder | None = None,
     ) -> None:
         self._policy = policy
         self._approvals = approvals
+        self.recorder = recorder  # None: recording is off ([audit] enabled = false)
         self._upstreams = upstreams
         self._routes: dict[str, Upstream] = {}
         self._schemas: dict[str, dict[str, Any]] = {}
@@ -72,8 +75,11 @@ class Pipeline:
         name: str,
         arguments: dict[str, Any] | None,
         interaction: Interaction | None = None,
+        *,
+        session_id: str | None = None,
     ) -> types.CallToolResult | types.InputRequiredResult:
-        """Judge and, when allowed, run one call. Never raises for a bad call: it says why."""
+        """Judge and, when allowed, run one call. Never raises for a bad call: it says why.
+        The decision is recorded in the audit session `session_id`."""
         if not self._routes:
             await self.list_tools()
         upstream = self._routes.get(name)
@@ -142,6 +148,14 @@ class Pipeline:
             decision.decision,
             ", ".join(decision.reasons),
         )
+        if self.recorder is not None:
+            # DESIGN §2.7: nothing runs (or is held to run later) before its decision is
+            # committed; a refusal needs no wait. No record, no run: fail closed.
+            refused = await self.recorder.decision(
+                session_id, principal, call, decision, durable=decision.decision != "deny"
+            )
+            if refused is not None:
+                return error_result(refused, decision)
         if decision.decision == "review" and self._approvals is not None:
             return await hold(
                 self._approvals,

@@ -18,8 +18,10 @@ from mcp_gate.approvals import admin_routes, bearer_authenticator
 from mcp_gate.auth import dev_issuer_routes
 from mcp_gate.calls import Principal
 from mcp_gate.config import GateConfig
+from mcp_gate.gateway.audit_tap import StdioTap
 from mcp_gate.gateway.http import build_http_app, transport_security
-from mcp_gate.gateway.mcp_server import build_server, http_principal
+from mcp_gate.gateway.mcp_server import build_server, http_audit_session, http_principal
+from mcp_gate.gateway.recording import open_audit
 from mcp_gate.gateway.runtime import (
     PolicyHolder,
     StartupError,
@@ -97,10 +99,15 @@ async def serve_http(
     host, port = config.listen
     sock = bind_socket(host, port)
     try:
-        async with open_connections(config) as connections, open_approvals(config) as approvals:
+        async with (
+            open_connections(config) as connections,
+            open_approvals(config) as approvals,
+            open_audit(config, approvals) as recorder,
+        ):
             pipeline = build_pipeline(policy, connections, config.data_dir, approvals)
+            pipeline.recorder = recorder
             await pipeline.list_tools()
-            server = build_server(pipeline, http_principal)
+            server = build_server(pipeline, http_principal, http_audit_session)
             admin = admin_routes(
                 approvals,
                 bearer_authenticator(verifier, resource_metadata_url=None),
@@ -113,6 +120,7 @@ async def serve_http(
                 security=transport_security(host, port, config.model.server.allowed_origins),
                 max_request_bytes=config.model.server.max_request_bytes,
                 extra_routes=admin + (dev_issuer_routes(dev) if dev is not None else []),
+                recorder=recorder,
             )
             uv = _Uvicorn(uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="on"))
             async with anyio.create_task_group() as tg:
@@ -141,12 +149,22 @@ async def serve_stdio(config: GateConfig) -> None:
     policy = PolicyHolder.load(config.policies)
     local = config.model.auth.local
     principal = Principal(local.subject, frozenset(local.groups))
-    async with open_connections(config) as connections, open_approvals(config) as approvals:
+    async with (
+        open_connections(config) as connections,
+        open_approvals(config) as approvals,
+        open_audit(config, approvals) as recorder,
+    ):
         pipeline = build_pipeline(policy, connections, config.data_dir, approvals)
+        pipeline.recorder = recorder
         await pipeline.list_tools()
-        server = build_server(pipeline, lambda _ctx: principal)
+        tap = StdioTap(recorder, principal) if recorder is not None else None
+        server = build_server(
+            pipeline, lambda _ctx: principal, lambda _ctx: tap.session if tap else None
+        )
         async with anyio.create_task_group() as tg:
             tg.start_soon(policy.watch)
             async with stdio_server() as (read, write):
+                if tap is not None:
+                    read, write = tap.wrap(read, write)  # the run's one audit session
                 await server.run(read, write, server.create_initialization_options())
             tg.cancel_scope.cancel()

@@ -1,0 +1,353 @@
+"""Recording in the gateway, end to end: real `mcp-gate serve` processes, real SDK clients over
+HTTP (both eras) and stdio, real PostgreSQL, real JWTs, the real SQLite audit store.
+
+Every message a client sends or receives is in the store, in its session (with principal, era
+and client info); a call's decision is committed before the call runs; results are recorded
+as the agent saw them (masked); planted secrets never reach the file; a SIGKILL loses no
+decision whose result a client received; a store that cannot commit makes calls fail closed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx2
+import pytest
+from mcp import Client, StdioServerParameters
+from mcp.client.stdio import stdio_client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.message import SessionMessage
+
+from gateway_helpers import Gateway, running_gateway, text_of
+from mcp_gate.audit import EventKind, SqliteAuditStore, StoredEvent
+from mcp_gate.demo.sample import load_sample
+from pgserver import admin_execute, dsn_with, run_sync, unique_name
+
+pytestmark = [pytest.mark.slow, pytest.mark.anyio]
+SAMPLE_POLICY = Path(__file__).resolve().parents[1] / "policies.toml"
+AWS_KEY = "AKIAIOSFODNN7EXAMPLE"
+DSN_SECRET = "hunter2-s3cret"
+
+
+@pytest.fixture(scope="module")
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@dataclass(frozen=True)
+class Shop:
+    dsn: str
+    reader: str
+    writer: str
+    secrets: tuple[str, ...]
+    emails: tuple[str, ...]
+    ssns: tuple[str, ...]
+
+
+@pytest.fixture(scope="module")
+def shop(pg_dsn: str) -> Iterator[Shop]:
+    """The demo's sample database with its own reader and writer roles."""
+    name = unique_name("test_audit_gw")
+    reader, writer = unique_name("reader"), unique_name("writer")
+    reader_pw, writer_pw = secrets.token_urlsafe(12), secrets.token_urlsafe(12)
+    run_sync(lambda: load_sample(pg_dsn, name, reader_pw, writer_pw, reader=reader, writer=writer))
+    db_dsn = dsn_with(pg_dsn, database=name)
+
+    async def pii() -> tuple[tuple[str, ...], tuple[str, ...]]:
+        conn = await asyncpg.connect(db_dsn)
+        try:
+            rows = await conn.fetch("SELECT email, ssn FROM customers ORDER BY id LIMIT 5")
+        finally:
+            await conn.close()
+        return tuple(r["email"] for r in rows), tuple(r["ssn"] for r in rows if r["ssn"])
+
+    emails, ssns = run_sync(pii)
+    os.environ["GATE_TEST_READER_PW"] = reader_pw
+    os.environ["GATE_TEST_WRITER_PW"] = writer_pw
+    try:
+        yield Shop(
+            dsn=db_dsn,
+            reader=dsn_with(db_dsn, user=reader, password=""),
+            writer=dsn_with(db_dsn, user=writer, password=""),
+            secrets=(reader_pw, writer_pw),
+            emails=emails,
+            ssns=ssns,
+        )
+    finally:
+        admin_execute(pg_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin_execute(pg_dsn, f'DROP ROLE IF EXISTS "{reader}"', f'DROP ROLE IF EXISTS "{writer}"')
+
+
+def _policies(folder: Path) -> Path:
+    path = folder / "policies.toml"
+    path.write_text(SAMPLE_POLICY.read_text().replace('wait = "2m"', 'wait = "1s"'))
+    return path
+
+
+@pytest.fixture(scope="module")
+def gateway(shop: Shop, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    folder = tmp_path_factory.mktemp("audit-gateway")
+    with running_gateway(
+        folder, dsn=shop.reader, write_dsn=shop.writer, env={}, policies=_policies(folder)
+    ) as gw:
+        yield gw
+
+
+def db_file(gateway: Gateway) -> Path:
+    return gateway.config.parent / ".mcp-gate" / "gate.db"
+
+
+# -- a client transport that counts what the client really sent and received -------------
+
+
+class _CountingRead:
+    def __init__(self, inner: Any, seen: list[Any]) -> None:
+        self._inner, self._seen = inner, seen
+
+    @property
+    def last_context(self) -> Any:
+        return getattr(self._inner, "last_context", None)
+
+    async def receive(self) -> Any:
+        item = await self._inner.receive()
+        if isinstance(item, SessionMessage):
+            self._seen.append(item.message.model_dump(by_alias=True, exclude_unset=True))
+        return item
+
+    def __aiter__(self) -> _CountingRead:
+        return self
+
+    async def __anext__(self) -> Any:
+        import anyio
+
+        try:
+            return await self.receive()
+        except anyio.EndOfStream:
+            raise StopAsyncIteration from None
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    async def __aenter__(self) -> _CountingRead:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+class _CountingWrite:
+    def __init__(self, inner: Any, sent: list[Any]) -> None:
+        self._inner, self._sent = inner, sent
+
+    async def send(self, item: SessionMessage) -> None:
+        self._sent.append(item.message.model_dump(by_alias=True, exclude_unset=True))
+        await self._inner.send(item)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    async def __aenter__(self) -> _CountingWrite:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+class Counting:
+    """A `Transport` around another one, keeping every message sent and received."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.sent: list[Any] = []
+        self.received: list[Any] = []
+
+    async def __aenter__(self) -> tuple[Any, Any]:
+        read, write = await self.inner.__aenter__()
+        return _CountingRead(read, self.received), _CountingWrite(write, self.sent)
+
+    async def __aexit__(self, *exc: Any) -> Any:
+        return await self.inner.__aexit__(*exc)
+
+
+def http_transport(gateway: Gateway, token: str) -> tuple[Counting, httpx2.AsyncClient]:
+    http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=60)
+    return Counting(streamable_http_client(gateway.url, http_client=http)), http
+
+
+# -- reading the store ---------------------------------------------------------------------
+
+
+def read_store(path: Path, session_id: str | None = None) -> list[StoredEvent]:
+    async def read() -> list[StoredEvent]:
+        store = SqliteAuditStore(path)
+        await store.open()
+        try:
+            return await store.events(session_id=session_id)
+        finally:
+            await store.close()
+
+    return run_sync(read)
+
+
+def sessions_of(path: Path, subject: str) -> list[Any]:
+    async def read() -> list[Any]:
+        store = SqliteAuditStore(path)
+        await store.open()
+        try:
+            return await store.sessions(principal=subject)
+        finally:
+            await store.close()
+
+    return run_sync(read)
+
+
+def wait_for(check: Any, timeout: float = 15.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting for the recording")
+        time.sleep(0.1)
+
+
+def messages(events: list[StoredEvent], direction: str) -> list[dict[str, Any]]:
+    return [
+        e.event.data["message"]
+        for e in events
+        if e.event.kind == EventKind.MESSAGE and str(e.event.direction) == direction
+    ]
+
+
+def assert_same_messages(recorded: list[dict[str, Any]], seen: list[dict[str, Any]]) -> None:
+    """The recording holds exactly the client's messages (ids and methods, in order per
+    kind); payloads may only differ by redaction, which these tests do not trigger."""
+    assert len(recorded) == len(seen), (recorded, seen)
+
+    def shape(m: dict[str, Any]) -> tuple[Any, ...]:
+        return (m.get("id"), m.get("method"), "result" in m, "error" in m)
+
+    assert sorted(map(shape, recorded), key=repr) == sorted(map(shape, seen), key=repr)
+
+
+# -- sessions: every message in and out ---------------------------------------------------
+
+
+async def test_legacy_http_session_is_recorded_whole(gateway: Gateway, shop: Shop):
+    token = gateway.token("legacy-agent", "developers")
+    transport, http = http_transport(gateway, token)
+    async with http, Client(transport, mode="legacy", cache=None) as client:
+        await client.list_tools()
+        rows = await client.call_tool(
+            "sql_query", {"sql": "SELECT name, email, ssn FROM customers"}
+        )
+        assert not rows.is_error, text_of(rows)
+        refused = await client.call_tool("sql_query", {"sql": "DELETE FROM orders"})
+        assert refused.is_error
+    path = db_file(gateway)
+    session = wait_for(
+        lambda: [s for s in sessions_of(path, "legacy-agent") if s.ended_at is not None]
+    )[0]
+    assert session.transport == "http" and session.era == "2025-11-25"
+    assert session.client_name and session.client_version is not None
+    assert session.calls == 2 and session.denied == 1
+    events = read_store(path, session.id)
+    assert events[0].event.kind == EventKind.SESSION_START
+    start = events[0].event.data
+    assert start["principal"]["subject"] == "legacy-agent"
+    assert start["principal"]["groups"] == ["developers"]
+    assert events[-1].event.kind == EventKind.SESSION_END
+    assert events[-1].event.data["reason"] == "deleted"
+    assert_same_messages(messages(events, "in"), transport.sent)
+    assert_same_messages(messages(events, "out"), transport.received)
+
+    # The decision of the allowed call is on record before its result went out.
+    decisions = [e for e in events if e.event.kind == EventKind.DECISION]
+    allowed = next(d for d in decisions if d.event.decision == "allow")
+    result = next(
+        e
+        for e in events
+        if e.event.kind == EventKind.MESSAGE
+        and str(e.event.direction) == "out"
+        and e.event.method == "tools/call"
+        and "SELECT name" not in json.dumps(e.event.data)  # the answer, not the request
+        and e.seq > allowed.seq
+    )
+    assert result.event.duration_ms is not None and result.event.duration_ms > 0
+    assert allowed.event.data["arguments"] == {"sql": "SELECT name, email, ssn FROM customers"}
+    assert allowed.event.data["principal"]["subject"] == "legacy-agent"
+    # What the agent saw is what was recorded: masked.
+    recorded = json.dumps([e.event.data for e in events])
+    assert "[MASKED]" in recorded or "***" in recorded
+    for value in shop.emails + shop.ssns:
+        assert value not in recorded
+
+
+async def test_modern_requests_group_into_one_logical_session(gateway: Gateway):
+    token = gateway.token("modern-agent", "developers")
+    sent: list[Any] = []
+    received: list[Any] = []
+    for _ in range(2):  # two clients in a row, same principal and client: one session
+        transport, http = http_transport(gateway, token)
+        async with http, Client(transport, mode="auto", cache=None) as client:
+            result = await client.call_tool("sql_query", {"sql": "SELECT count(*) FROM orders"})
+            assert not result.is_error, text_of(result)
+        sent += transport.sent
+        received += transport.received
+    path = db_file(gateway)
+    sessions = wait_for(lambda: sessions_of(path, "modern-agent"))
+    assert len(sessions) == 1
+    session = sessions[0]
+    assert session.era == "2026-07-28" and session.transport == "http"
+    assert session.client_name and session.calls == 2
+    events = wait_for(
+        lambda: (
+            (e := read_store(path, session.id)) and len(messages(e, "out")) >= len(received) and e
+        )
+    )
+    assert_same_messages(messages(events, "in"), sent)
+    assert_same_messages(messages(events, "out"), received)
+    for e in events:
+        if e.event.kind == EventKind.MESSAGE and "result" in e.event.data["message"]:
+            assert e.event.duration_ms is not None
+
+
+@pytest.mark.parametrize("mode", ["legacy", "auto"])
+async def test_stdio_run_is_one_session(gateway: Gateway, mode: str):
+    params = StdioServerParameters(
+        command=sys.executable,
+        args=["-m", "mcp_gate", "serve", "--stdio", "--config", str(gateway.config)],
+        env=gateway.env,
+    )
+    before = {s.id for s in sessions_of(db_file(gateway), "stdio-user")}
+    transport = Counting(stdio_client(params))
+    async with Client(transport, mode=mode, cache=None) as client:
+        ok = await client.call_tool("sql_query", {"sql": "SELECT 1 AS one"})
+        assert not ok.is_error, text_of(ok)
+        await client.call_tool("sql_query", {"sql": "DELETE FROM orders"})
+    path = db_file(gateway)
+    new = wait_for(
+        lambda: [
+            s
+            for s in sessions_of(path, "stdio-user")
+            if s.id not in before and s.ended_at is not None
+        ]
+    )
+    assert len(new) == 1
+    session = new[0]
+    assert session.transport == "stdio"
+    assert session.era == ("2025-11-25" if mode == "legacy" else "2026-07-28")
+    assert session.client_name and session.calls == 2 and session.denied == 1
+    events = read_store(path, session.id)
+    assert_same_messages(messages(events, "in"), transport.sent)
+    assert_same_messages(messages(events, "out"), transport.received)
