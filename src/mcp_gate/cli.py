@@ -14,6 +14,7 @@ from mcp_gate.approvals import commands as approval_commands
 from mcp_gate.config import DEFAULT_CONFIG
 from mcp_gate.gateway import commands as gateway_commands
 from mcp_gate.policy import commands as policy_commands
+from mcp_gate.tui import commands as tui_commands
 
 app = typer.Typer(
     name="mcp-gate",
@@ -28,8 +29,10 @@ policy_app = typer.Typer(
 )
 app.add_typer(policy_app, name="policy")
 approvals_app = typer.Typer(
-    help="Answer held calls as an approver (over the gateway's admin API).",
-    no_args_is_help=True,
+    help="Answer held calls as an approver, over the gateway's admin API. With no command: "
+    "open the live approvals TUI (arrows or j/k select, a approve, d deny with a reason, "
+    "/ filter, ? help, q quit). The commands below are for scripts.",
+    invoke_without_command=True,
 )
 app.add_typer(approvals_app, name="approvals")
 
@@ -219,6 +222,22 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts
 
 def _approvals(action: str, **kw: object) -> None:
     raise typer.Exit(approval_commands.run(action, out=_out, err=_err, **kw))  # type: ignore[arg-type]
+
+
+@approvals_app.callback()
+def approvals_tui(
+    ctx: typer.Context,
+    gateway: GatewayOption = None,
+    token: TokenOption = None,
+    config: ConfigPath = Path(DEFAULT_CONFIG),
+) -> None:
+    """Open the approvals TUI, e.g. `mcp-gate approvals --gateway http://127.0.0.1:8765`.
+
+    Next to a running `mcp-gate demo` it needs no options: it uses the demo's gateway and
+    alice's (dba) approver token.
+    """
+    if ctx.invoked_subcommand is None:
+        raise typer.Exit(tui_commands.run(gateway=gateway, token=token, config=config, err=_err))
 
 
 @approvals_app.command("list")

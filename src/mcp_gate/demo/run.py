@@ -137,6 +137,7 @@ def _print_ready(
             "masked); delete all orders (refused, naming the rule); delete the cancelled "
             "orders (held until a dba approves).\n",
             ("\nApprove or deny held calls as alice (dba), from this folder:\n", "bold"),
+            "  mcp-gate approvals                 (live queue: a approve, d deny, ? help)\n",
             "  mcp-gate approvals list\n",
             "  mcp-gate approvals approve <id>    (or: deny <id> --reason '…')\n",
             ("\nTry from another terminal:\n", "bold"),
