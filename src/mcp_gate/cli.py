@@ -11,6 +11,7 @@ from rich.console import Console
 
 from mcp_gate import __version__
 from mcp_gate.approvals import commands as approval_commands
+from mcp_gate.audit import commands as audit_commands
 from mcp_gate.config import DEFAULT_CONFIG
 from mcp_gate.gateway import commands as gateway_commands
 from mcp_gate.policy import commands as policy_commands
@@ -35,6 +36,12 @@ approvals_app = typer.Typer(
     invoke_without_command=True,
 )
 app.add_typer(approvals_app, name="approvals")
+sessions_app = typer.Typer(help="Recorded sessions (the audit store).", no_args_is_help=True)
+app.add_typer(sessions_app, name="sessions")
+audit_app = typer.Typer(
+    help="Check and export the tamper-evident audit chain.", no_args_is_help=True
+)
+app.add_typer(audit_app, name="audit")
 
 _out = Console()
 _err = Console(stderr=True)
@@ -287,3 +294,69 @@ def approvals_deny(
         "deny", approval_id=approval_id, reason=reason, status="", as_json=as_json,
         gateway=gateway, token=token, config=config,
     )  # fmt: skip
+
+
+SinceOption = Annotated[
+    str | None,
+    typer.Option(
+        "--since", help="Only since then: a duration back (1h, 7d) or a date (2026-12-01)."
+    ),
+]
+
+
+@sessions_app.command("list")
+def sessions_list(
+    config: ConfigPath = Path(DEFAULT_CONFIG),
+    principal: Annotated[
+        str | None, typer.Option("--principal", help="Only this subject's sessions.")
+    ] = None,
+    since: SinceOption = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, help="At most this many.")] = 100,
+    as_json: JsonOption = False,
+) -> None:
+    """List recorded sessions, newest first: who, how, when, calls and denials."""
+    raise typer.Exit(
+        audit_commands.sessions_list(
+            config,
+            principal=principal,
+            since=since,
+            limit=limit,
+            as_json=as_json,
+            out=_out,
+            err=_err,
+        )
+    )
+
+
+@app.command()
+def replay(
+    session: Annotated[str, typer.Argument(help="The session id (see `sessions list`).")],
+    config: ConfigPath = Path(DEFAULT_CONFIG),
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep showing a live session until it ends.")
+    ] = False,
+) -> None:
+    """Show a recorded session as a timeline: calls and their SQL, decisions, approvals,
+    results and timings."""
+    raise typer.Exit(audit_commands.replay(config, session, follow=follow, out=_out, err=_err))
+
+
+@audit_app.command("verify")
+def audit_verify(config: ConfigPath = Path(DEFAULT_CONFIG)) -> None:
+    """Walk the whole chain and its signed checkpoints. Exit 0 when intact; 1 with the first
+    broken link (edited, deleted, reordered, forged checkpoint, unanchored prune)."""
+    raise typer.Exit(audit_commands.audit_verify(config, out=_out, err=_err))
+
+
+@audit_app.command("export")
+def audit_export(
+    fmt: Annotated[str, typer.Option("--format", help="Output format.")] = "jsonl",
+    since: SinceOption = None,
+    session: Annotated[str | None, typer.Option("--session", help="Only this session.")] = None,
+    config: ConfigPath = Path(DEFAULT_CONFIG),
+) -> None:
+    """Write events to stdout, one JSON object per line, with seq, hash and prev_hash so a
+    SIEM can re-verify the chain."""
+    raise typer.Exit(
+        audit_commands.audit_export(config, fmt=fmt, since=since, session_id=session, err=_err)
+    )
