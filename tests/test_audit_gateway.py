@@ -9,9 +9,12 @@ decision whose result a client received; a store that cannot commit makes calls 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import secrets
+import signal
+import sqlite3
 import sys
 import time
 from collections.abc import Iterator
@@ -20,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import httpx
 import httpx2
 import pytest
 from mcp import Client, StdioServerParameters
@@ -29,6 +33,7 @@ from mcp.shared.message import SessionMessage
 
 from gateway_helpers import Gateway, running_gateway, text_of
 from mcp_gate.audit import EventKind, SqliteAuditStore, StoredEvent
+from mcp_gate.audit.chain import public_keys, verify
 from mcp_gate.demo.sample import load_sample
 from pgserver import admin_execute, dsn_with, run_sync, unique_name
 
@@ -351,3 +356,174 @@ async def test_stdio_run_is_one_session(gateway: Gateway, mode: str):
     events = read_store(path, session.id)
     assert_same_messages(messages(events, "in"), transport.sent)
     assert_same_messages(messages(events, "out"), transport.received)
+
+
+# -- secrets never reach the file ----------------------------------------------------------
+
+
+def raw_bytes(path: Path) -> bytes:
+    """The database file and its WAL, as bytes on disk."""
+    return b"".join(p.read_bytes() for p in (path, Path(f"{path}-wal")) if p.exists())
+
+
+async def test_planted_secrets_never_reach_the_store(gateway: Gateway, shop: Shop):
+    token = gateway.token("secret-planter", "developers")
+    reader_pw = shop.secrets[0]
+    planted = [
+        f"SELECT 'postgresql://u:{DSN_SECRET}@h/db' AS dsn",
+        f"SELECT 'host=db user=u password={DSN_SECRET}x' AS kv",
+        f"SELECT '{AWS_KEY}' AS key",
+        f"SELECT '{reader_pw}' AS pw",
+        f"SELECT 'Bearer {token}' AS bearer",
+    ]
+    async with gateway.client(token, mode="legacy") as client:
+        for sql in planted:
+            await client.call_tool("sql_query", {"sql": sql})
+    async with gateway.client(token, mode="auto") as client:
+        await client.call_tool("sql_query", {"sql": planted[0]})
+    path = db_file(gateway)
+    wait_for(lambda: [s for s in sessions_of(path, "secret-planter") if s.ended_at])
+    data = raw_bytes(path)
+    assert b"[REDACTED]" in data  # the calls were recorded, with the secrets replaced
+    for secret in (DSN_SECRET, AWS_KEY, reader_pw, shop.secrets[1], token):
+        assert secret.encode() not in data, secret
+    events = [e for s in sessions_of(path, "secret-planter") for e in read_store(path, s.id)]
+    recorded = json.dumps([e.event.data for e in events])
+    assert "postgresql://u:[REDACTED]@h/db" in recorded
+
+
+# -- durability ------------------------------------------------------------------------------
+
+
+def _verify(path: Path, data_dir: Path) -> Any:
+    async def run() -> Any:
+        store = SqliteAuditStore(path)
+        await store.open()
+        try:
+            return await verify(store, public_keys(data_dir))
+        finally:
+            await store.close()
+
+    return run_sync(run)
+
+
+async def test_sigkill_mid_load_loses_no_decision_a_client_saw(shop: Shop, tmp_path: Path) -> None:
+    received: list[int] = []
+    with running_gateway(
+        tmp_path, dsn=shop.reader, write_dsn=None, env={}, policies=_policies(tmp_path)
+    ) as gw:
+        token = gw.token("loader", "developers")
+        assert gw.process is not None
+
+        async def load(worker: int) -> None:
+            try:
+                async with gw.client(token, mode="auto") as client:
+                    for i in range(10_000):
+                        n = worker * 100_000 + i
+                        result = await client.call_tool("sql_query", {"sql": f"SELECT {n} AS n"})
+                        if not result.is_error and result.structured_content:
+                            received.append(result.structured_content["rows"][0][0])
+            except Exception:
+                return  # the gateway was killed under us
+
+        async def kill_soon() -> None:
+            while len(received) < 40:
+                await asyncio.sleep(0.02)
+            gw.process.send_signal(signal.SIGKILL)
+
+        await asyncio.gather(kill_soon(), *(load(w) for w in range(6)))
+        gw.process.wait(10)
+        path = tmp_path / ".mcp-gate" / "gate.db"
+        events = read_store(path)
+        decided = {
+            e.event.data["arguments"]["sql"]
+            for e in events
+            if e.event.kind == EventKind.DECISION and e.event.decision == "allow"
+        }
+        assert len(received) >= 40
+        missing = [n for n in received if f"SELECT {n} AS n" not in decided]
+        assert not missing, missing
+        report = _verify(path, tmp_path / "state")
+        assert report.ok, report
+
+
+async def test_store_that_cannot_commit_fails_calls_closed(gateway: Gateway, shop: Shop):
+    token = gateway.token("dba-under-test", "dba")
+    sql = "UPDATE customers SET name = 'audit-was-down' WHERE id = 1"
+    path = db_file(gateway)
+    blocker = sqlite3.connect(path, isolation_level=None, timeout=5)
+    async with gateway.client(token, mode="auto") as client:
+        blocker.execute("BEGIN IMMEDIATE")  # every writer of the file waits, then gives up
+        try:
+            refused = await client.call_tool("sql_query", {"sql": sql})
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        assert refused.is_error
+        text = text_of(refused)
+        assert "the audit store is unavailable, so nothing was run" in text, text
+        assert refused.meta["io.mcp-gate/decision"]["decision"] == "allow"
+
+        async def name() -> str:
+            conn = await asyncpg.connect(shop.dsn)
+            try:
+                return await conn.fetchval("SELECT name FROM customers WHERE id = 1")
+            finally:
+                await conn.close()
+
+        assert await name() != "audit-was-down"
+        # The process keeps serving, and records again once the store is back.
+        ok = await client.call_tool("sql_query", {"sql": "SELECT 1 AS back"})
+        assert not ok.is_error, text_of(ok)
+    session = wait_for(lambda: sessions_of(path, "dba-under-test"))[0]
+    events = read_store(path, session.id)
+    assert [e.event.decision for e in events if e.event.kind == EventKind.DECISION] == ["allow"]
+    # The refusal the agent got is in the transcript (kept while the store was down).
+    assert any("audit store is unavailable" in json.dumps(e.event.data) for e in events)
+
+
+# -- approvals ------------------------------------------------------------------------------
+
+
+async def test_approval_lifecycle_is_in_the_requesting_session(gateway: Gateway, shop: Shop):
+    token = gateway.token("writer-agent", "developers")
+    approver = gateway.token("alice", "dba")
+    sql = "UPDATE customers SET name = 'approved-name' WHERE id = 2"
+    async with gateway.client(token, mode="legacy") as client:
+        held = await client.call_tool("sql_query", {"sql": sql})
+        assert held.is_error
+        approval_id = held.meta["io.mcp-gate/decision"]["approval_id"]
+        admin = gateway.url.rsplit("/mcp", 1)[0] + f"/admin/v1/approvals/{approval_id}/approve"
+        async with httpx.AsyncClient(timeout=30) as http:
+            response = await http.post(
+                admin, json={"reason": "ticket 42"}, headers={"Authorization": f"Bearer {approver}"}
+            )
+            assert response.status_code == 200, response.text
+        done = await client.call_tool("sql_query", {"sql": sql})
+        assert not done.is_error, text_of(done)
+    path = db_file(gateway)
+    session = wait_for(
+        lambda: [s for s in sessions_of(path, "writer-agent") if s.ended_at is not None]
+    )[0]
+    events = wait_for(
+        lambda: (
+            (
+                e := read_store(path, session.id),
+                any(x.event.data.get("event") == "executed" for x in e),
+            )[1]
+            and e
+        )
+    )
+    lifecycle = [
+        (e.event.data["event"], e.event.approval_id)
+        for e in events
+        if e.event.kind == EventKind.APPROVAL
+    ]
+    kinds = [k for k, _ in lifecycle]
+    assert kinds[0] == "created" and "decided" in kinds and kinds[-1] == "executed", kinds
+    assert {a for _, a in lifecycle} == {approval_id}
+    decided = next(e for e in events if e.event.data.get("event") == "decided")
+    decisions = decided.event.data["approval"]["decisions"]
+    assert decisions[0]["approver"] == "alice" and decisions[0]["reason"] == "ticket 42"
+    reviews = [e for e in events if e.event.kind == EventKind.DECISION]
+    assert [e.event.decision for e in reviews] == ["review", "review"]

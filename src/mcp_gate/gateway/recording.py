@@ -19,19 +19,23 @@ import anyio
 from mcp_gate.approvals import ApprovalService
 from mcp_gate.audit import AuditStore, AuditUnavailable, SqliteAuditStore
 from mcp_gate.audit.chain import SigningKeyError, load_signing_key, maintain, make_checkpoint
+from mcp_gate.audit.pg_store import PostgresAuditStore
 from mcp_gate.audit.recorder import Recorder
 from mcp_gate.audit.redact import MIN_SECRET_LENGTH, Redactor
 from mcp_gate.config import GateConfig, SecretError, read_secret
-from mcp_gate.gateway.runtime import StartupError, store_path
+from mcp_gate.gateway.runtime import StartupError, store_target
 
 log = logging.getLogger("mcp_gate.audit")
 
 
 def gateway_secrets(config: GateConfig) -> list[str]:
-    """The secret values this gateway holds (connection passwords), for literal redaction.
-    Unreadable secrets are skipped here: opening the connections reports them."""
+    """The secret values this gateway holds (connection and store passwords), for literal
+    redaction. Unreadable secrets are skipped here: opening the connections reports them."""
     base = config.file.parent
     found: list[str] = []
+    store_password = store_target(config).password
+    if store_password:
+        found.append(store_password)
     for name, settings in config.model.connections.items():
         refs = [
             (settings.password_env, settings.password_file),
@@ -59,7 +63,13 @@ def gateway_secrets(config: GateConfig) -> list[str]:
 
 def audit_store(config: GateConfig) -> AuditStore:
     """The audit store of `[server] store` (not opened yet)."""
-    return SqliteAuditStore(store_path(config))
+    target = store_target(config)
+    if target.kind == "postgresql":
+        assert target.dsn is not None
+        return PostgresAuditStore(target.dsn, password=target.password)
+    assert target.path is not None
+    target.path.parent.mkdir(parents=True, exist_ok=True)
+    return SqliteAuditStore(target.path)
 
 
 @contextlib.asynccontextmanager
