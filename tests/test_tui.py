@@ -124,6 +124,39 @@ def test_summary_kind_risk_and_order() -> None:
     assert view.duration(59) == "59s" and view.duration(3 * 86400 + 7200) == "3d 2h"
 
 
+@pytest.mark.anyio
+async def test_no_gateway_is_not_a_crash() -> None:
+    """Nothing listens: "reconnecting…" and the keys still answer; nothing to decide."""
+    from mcp_gate.demo.embedded import free_port
+
+    app = ApprovalsApp(f"http://127.0.0.1:{free_port()}", "not-a-token")
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: app.connection == "reconnecting", "reconnecting")
+        assert "cannot reach the gateway" in shown(app, "#status")
+        await pilot.press("a", "d")
+        assert notices(app).count("No request selected.") == 2
+        assert not isinstance(app.screen, DenyScreen)
+        await pilot.press("q")
+        await until(pilot, lambda: app.return_code is not None, "the app to quit")
+
+
+def test_command_needs_a_gateway_and_a_token(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "MCP_GATE_TOKEN"}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*MCP_GATE, "approvals", *args], cwd=tmp_path, env=env,
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+
+    bare = cli()
+    assert bare.returncode == 2 and "no gateway URL and no approver token" in bare.stderr
+    no_token = cli("--gateway", "http://127.0.0.1:9")
+    assert no_token.returncode == 2 and "no approver token" in no_token.stderr
+    helped = cli("--help")
+    assert helped.returncode == 0 and "TUI" in helped.stdout and "list" in helped.stdout
+
+
 # -- against a real gateway -----------------------------------------------------------------
 
 
@@ -352,6 +385,20 @@ async def test_not_an_approver_filter_help_quit(gateway: Gateway) -> None:
         await pilot.press("q")
         await until(pilot, lambda: app.return_code is not None, "the app to quit")
     assert app.return_code == 0
+
+
+@pytest.mark.slow
+@pytest.mark.anyio
+async def test_refused_token_is_shown_and_retried(gateway: Gateway) -> None:
+    token = gateway.token("alice", "dba")
+    head, body, signature = token.split(".")
+    forged = f"{head}.{body}.{signature[::-1]}"  # a signature that does not verify
+    app = ApprovalsApp(base_of(gateway), forged)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: app.connection == "reconnecting", "the refusal")
+        status = shown(app, "#status")
+        assert "reconnecting… the gateway refused (401:" in status and forged not in status
+        assert not app.approvals
 
 
 @pytest.mark.slow

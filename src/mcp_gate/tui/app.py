@@ -128,14 +128,14 @@ class ApprovalsApp(App[None]):
     ENABLE_COMMAND_PALETTE = False
     CSS = """
     #status { height: 1; padding: 0 1; background: $boost; }
-    #queue { height: 2fr; min-height: 5; }
-    #detail { height: 3fr; border-top: solid $primary; padding: 0 1; }
+    #queue { height: auto; max-height: 45%; min-height: 4; }
+    #detail { height: 1fr; border-top: solid $primary; padding: 0 1; }
     #filter { dock: bottom; display: none; }
     #filter.shown { display: block; }
     DenyScreen, HelpScreen { align: center middle; }
     DenyScreen #dialog { width: 80; height: auto; border: thick $error; padding: 1 2;
         background: $surface; }
-    HelpScreen #dialog { width: 90; height: auto; border: thick $primary; padding: 1 2;
+    HelpScreen #dialog { width: 100; height: auto; border: thick $primary; padding: 1 2;
         background: $surface; }
     """
     BINDINGS: ClassVar[list[BindingType]] = [
@@ -361,11 +361,21 @@ class ApprovalsApp(App[None]):
             self._notice(f"{what} ({exc.status}): {exc.message}", "error")
             return
         except httpx.HTTPError as exc:
+            # Refused before connecting means nothing was sent; later, the vote may be on
+            # record: the event stream will show it once the gateway is back.
+            outcome = (
+                "nothing was sent"
+                if isinstance(exc, httpx.ConnectError)
+                else "it may have been recorded: the queue shows it once the gateway answers"
+            )
             self._notice(
                 f"Could not {verb} {approval_id}: cannot reach the gateway "
-                f"({type(exc).__name__}); nothing was recorded.",
+                f"({type(exc).__name__}); {outcome}.",
                 "error",
             )
+            return
+        except (ValueError, KeyError, TypeError):
+            self._notice(f"The gateway's answer to {verb} {approval_id} was unreadable.", "error")
             return
         self._upsert(after)
         if after.status is Status.PENDING:
@@ -442,6 +452,8 @@ class ApprovalsApp(App[None]):
                 delay = max(delay, BACKOFF_MAX / 2)
             except (httpx.HTTPError, OSError) as exc:
                 problem = f"cannot reach the gateway ({type(exc).__name__})"
+            except (ValueError, KeyError, TypeError):  # a 200 that is not the admin API's JSON
+                problem = "the gateway's answer could not be read"
             self._set_connection("reconnecting", f"reconnecting… {problem}; retry in {delay:g}s")
             await asyncio.sleep(delay)
             delay = min(delay * 2, BACKOFF_MAX)

@@ -113,7 +113,8 @@ def expiry(approval: ApprovalRequest, now: float) -> Text:
         if left <= 0:
             return Text("expired (waiting for the gateway to record it)", style="red")
         return Text(f"expires in {duration(left)}", style="red" if left < 60 else "")
-    return Text(f"{approval.status} {duration(now - (approval.decided_at or now))} ago")
+    when = approval.executed_at or approval.decided_at or now
+    return Text(f"{approval.status} {duration(now - when)} ago")
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,7 +247,7 @@ def sql_view(approval: ApprovalRequest) -> RenderableType:
     if pretty is None:
         note = Text("(PostgreSQL's parser cannot pretty-print this text)", style="dim")
         return Group(note, exact)
-    if pretty.split() == approval.sql.split():
+    if pretty.strip() == approval.sql.strip():
         return exact
     return Group(
         Panel(
