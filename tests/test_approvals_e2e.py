@@ -10,10 +10,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
-import httpx
 import pytest
 from mcp import types
 
+from approval_helpers import admin, db_value, decide_when_pending, wait_pending
 from gateway_helpers import MCP_GATE, Gateway, running_gateway, text_of
 from mcp_gate.demo.sample import load_sample
 from pgserver import admin_execute, dsn_with, run_sync, unique_name
@@ -53,72 +53,66 @@ def gateway(pg_dsn: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[G
         admin_execute(pg_dsn, f'DROP ROLE IF EXISTS "{reader}"', f'DROP ROLE IF EXISTS "{writer}"')
 
 
-def admin(gateway: Gateway, token: str, method: str, path: str, **kw) -> httpx.Response:
-    base = gateway.url.rsplit("/mcp", 1)[0]
-    headers = {"Authorization": f"Bearer {token}"}
-    return httpx.request(method, base + "/admin/v1" + path, headers=headers, timeout=30, **kw)
-
-
-async def decide_when_pending(gateway: Gateway, token: str, verb: str, reason: str) -> dict:
-    """Act as the approver: wait for the pending request, then approve or deny it."""
-    for _ in range(200):
-        listed = await anyio.to_thread.run_sync(
-            lambda: admin(gateway, token, "GET", "/approvals?status=pending")
-        )
-        pending = listed.json()["approvals"]
-        if pending:
-            path = f"/approvals/{pending[0]['id']}/{verb}"
-            done = await anyio.to_thread.run_sync(
-                lambda path=path: admin(gateway, token, "POST", path, json={"reason": reason})
-            )
-            assert done.status_code == 200, done.text
-            return done.json()
-        await anyio.sleep(0.05)
-    raise AssertionError("no pending request appeared")
-
-
-def count_cancelled(gateway: Gateway) -> int:
-    import asyncpg
-
-    async def read() -> int:
-        conn = await asyncpg.connect(gateway.db)  # type: ignore[attr-defined]
-        try:
-            return await conn.fetchval("SELECT count(*) FROM orders WHERE status = 'cancelled'")
-        finally:
-            await conn.close()
-
-    return run_sync(read)
+def count_cancelled(gateway: Gateway, where: str = "true") -> int:
+    db = gateway.db  # type: ignore[attr-defined]
+    return db_value(db, f"SELECT count(*) FROM orders WHERE status = 'cancelled' AND {where}")
 
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("mode", ["legacy", "auto"])
 async def test_approve_then_deny(gateway: Gateway, mode: str) -> None:
+    """The issue's "done when", in both eras, with the repository's policies.toml: the agent's
+    DELETE pauses saying who must approve, a dba approves through the admin API, the agent
+    gets its result, the rows are gone, and the decision (who, when, why) is on record."""
     agent = gateway.token("agent", "developers")
     alice = gateway.token("alice", "dba")
     forms: list[str] = []
+    progress: list[str | None] = []
 
     async def answer(ctx, params) -> types.ElicitResult:
         forms.append(params.message)
         return types.ElicitResult(action="accept", content={"justification": "cleanup ticket 7"})
 
+    async def on_progress(done: float, total: float | None, message: str | None) -> None:
+        progress.append(message)
+
     slice_ = 3 if mode == "legacy" else 4  # each era deletes its own rows
-    sql = f"DELETE FROM orders WHERE status = 'cancelled' AND id % 7 = {slice_}"
-    before = count_cancelled(gateway)
+    where = f"id % 7 = {slice_}"
+    sql = f"DELETE FROM orders WHERE status = 'cancelled' AND {where}"
+    before = count_cancelled(gateway, where)
+    assert before > 0
     async with gateway.client(agent, mode, elicitation_callback=answer) as client:
         async with anyio.create_task_group() as tg:
             decided: dict = {}
 
             async def approver() -> None:
+                # The approver sees the request, its SQL, and the rows the DELETE would touch.
+                pending = await wait_pending(gateway, alice)
+                assert pending["sql"] == sql and pending["approvers"] == ["dba"]
+                assert pending["reasons"][0] == "writes need a DBA"
+                assert 0 < pending["estimated_rows"] <= 5000
                 decided.update(await decide_when_pending(gateway, alice, "approve", "ok"))
 
             tg.start_soon(approver)
-            result = await client.call_tool("sql_query", {"sql": sql})
+            result = await client.call_tool(
+                "sql_query", {"sql": sql}, progress_callback=on_progress
+            )
         assert not result.is_error, text_of(result)
-        assert result.structured_content["affected_rows"] > 0
+        assert result.structured_content["affected_rows"] == before
         assert decided["status"] == "approved" and decided["justification"] == "cleanup ticket 7"
-        assert forms and "approval id ap_" in forms[0] and "dba" in forms[0]
+        # The pause says who must approve, why, and the approval id.
+        assert forms and "needs approval by dba" in forms[0] and "writes need a DBA" in forms[0]
+        assert f"approval id {decided['id']}" in forms[0] and sql in forms[0]
+        assert "waiting for approval by dba" in progress
         assert result.meta["io.mcp-gate/decision"]["approval_id"] == decided["id"]
-        assert count_cancelled(gateway) < before
+        assert count_cancelled(gateway, where) == 0
+        # On record: who decided, when, why, and that it ran (once).
+        record = admin(gateway, alice, "GET", f"/approvals/{decided['id']}").json()
+        assert record["status"] == "executed" and record["executed_at"]
+        (vote,) = record["decisions"]
+        assert (vote["approver"], vote["decision"], vote["reason"]) == ("alice", "approve", "ok")
+        assert "dba" in vote["approver_groups"] and vote["at"] == record["decided_at"]
+        assert record["created_at"] <= vote["at"] <= record["executed_at"]
 
         # Repeating the identical call after it ran is a new request (an approval runs once).
         async with anyio.create_task_group() as tg:
@@ -126,6 +120,9 @@ async def test_approve_then_deny(gateway: Gateway, mode: str) -> None:
             denied = await client.call_tool("sql_query", {"sql": sql})
         assert denied.is_error
         assert "denied by alice: not today" in text_of(denied)
+        denial_id = denied.meta["io.mcp-gate/decision"]["approval_id"]
+        record = admin(gateway, alice, "GET", f"/approvals/{denial_id}").json()
+        assert record["status"] == "denied" and record["decisions"][0]["reason"] == "not today"
 
 
 @pytest.mark.anyio
