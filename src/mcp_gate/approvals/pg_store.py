@@ -668,7 +668,7 @@ class PostgresChangeFeed(ChangeFeed):
                 try:
                     self._conn = await self._listen()
                     break
-                except StoreError as exc:
+                except Exception as exc:  # whatever it is, keep trying: waiters depend on it
                     log.warning("approval feed: %s; retrying in %.1fs", exc, delay)
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 5.0)
