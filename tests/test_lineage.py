@@ -182,8 +182,8 @@ def test_predicate_and_referenced_columns(catalog: Catalog) -> None:
     }
     assert lin.relations == {"public.users", "public.orders"}
     assert lin.outputs == (
-        OutputColumn(0, "name", frozenset({"public.users.name"})),
-        OutputColumn(1, "total", frozenset({"public.orders.total"})),
+        OutputColumn(0, "name", frozenset({"public.users.name"}), direct=True),
+        OutputColumn(1, "total", frozenset({"public.orders.total"}), direct=True),
     )
     # Predicates in every scope: a subquery's WHERE, a LATERAL's, a CTE's.
     lin = trace(
@@ -198,12 +198,76 @@ def test_predicate_and_referenced_columns(catalog: Catalog) -> None:
 
 def test_views_expand_to_base_columns(catalog: Catalog) -> None:
     lin = trace("SELECT * FROM v2", catalog)
-    assert lin.outputs[0] == OutputColumn(0, "contact", frozenset({"public.users.email"}))
+    assert lin.outputs[0] == OutputColumn(
+        0, "contact", frozenset({"public.users.email"}), direct=True
+    )
     assert lin.relations == {"public.v2", "public.user_emails", "public.users"}
     # The view's own WHERE is not the agent's predicate, but its columns were touched.
     lin = trace("SELECT * FROM clean_v", catalog)
     assert lin.predicate_columns == frozenset()
     assert "public.users.ssn" in lin.referenced_columns
+
+
+@pytest.mark.parametrize(
+    ("sql", "direct"),
+    [
+        # plain copies of a column, however they travel
+        ("SELECT email, u.ssn AS s, (u).card_number FROM users u", [True, True, True]),
+        ("SELECT e FROM (SELECT email AS e FROM users) x", [True]),
+        ("SELECT e FROM users AS u(i, n, e)", [True]),
+        ("WITH c(a) AS (SELECT ssn FROM users) SELECT a FROM c", [True]),
+        ("SELECT email FROM users UNION ALL SELECT contact FROM user_emails", [True]),
+        ("SELECT contact FROM v2", [True]),
+        ("SELECT l.s FROM users u, LATERAL (SELECT u.ssn AS s) l", [True]),
+        ("WITH RECURSIVE r(v) AS (SELECT ssn FROM users UNION SELECT v FROM r) "
+         "SELECT v FROM r", [True]),
+        # computed: functions, casts, literals, whole rows, subqueries, table functions
+        ("SELECT reverse(email), substr(card_number, 1, 13), ssn::text FROM users",
+         [False, False, False]),
+        ("SELECT coalesce(nullif(ssn, ssn), '123-45-6789'), email || '' FROM users",
+         [False, False]),
+        ("SELECT 'x' UNION ALL SELECT ssn FROM users", [False]),
+        ("SELECT ssn FROM users UNION ALL SELECT upper(ssn) FROM users", [False]),
+        ("SELECT u, (SELECT max(email) FROM users) FROM users u", [False, False]),
+        ("SELECT x FROM users u, unnest(ARRAY[u.email]) AS t(x)", [False]),
+        ("SELECT e FROM (SELECT lower(email) AS e FROM users) x", [False]),
+        ("SELECT (x).email FROM (SELECT u AS x FROM users u) s", [False]),
+        ("WITH c(a) AS (SELECT 'chosen' FROM users) SELECT a FROM c", [False]),
+        ("VALUES ('123-45-6789')", [False]),
+        ("SELECT min(ssn), lag(email) OVER () FROM users", [False, False]),
+        ("SELECT email_lower FROM contacts", [False]),  # generated from email
+    ],
+)  # fmt: skip
+def test_direct_copies_and_computed_values(catalog: Catalog, sql: str, direct: list[bool]) -> None:
+    """`direct` says a position is a plain copy of a column; partial and hash rely on it."""
+    assert [o.direct for o in trace(sql, catalog).outputs] == direct
+
+
+def test_set_operations_distinct_and_set_returning_functions_are_predicates(
+    catalog: Catalog,
+) -> None:
+    """Whether a row comes back must not depend on a masked value unless it is reviewed:
+    comparing set operations, DISTINCT, and set-returning functions decide it."""
+    for sql in (
+        "SELECT ssn FROM users WHERE id = 1 UNION SELECT '123-45-6789'",
+        "SELECT ssn FROM users INTERSECT ALL SELECT '123-45-6789'",
+        "SELECT '123-45-6789' EXCEPT SELECT ssn FROM users",
+        "SELECT DISTINCT x FROM (SELECT ssn FROM users UNION ALL SELECT 'guess') t(x)",
+        "SELECT id, regexp_matches(ssn, '^1') FROM users",
+        "SELECT id, unnest(string_to_array(email, '@')) FROM users",
+        "SELECT u.id FROM users u, generate_series(1, length(u.card_number) - 15) g",
+        "SELECT u.id FROM users u CROSS JOIN LATERAL jsonb_array_elements_text("
+        "CASE WHEN u.ssn LIKE '1%' THEN '[1]' ELSE '[]' END::jsonb) j",
+    ):
+        lin = trace(sql, catalog)
+        assert lin.predicate_columns & {"public.users.ssn", "public.users.email",
+                                        "public.users.card_number"}, sql  # fmt: skip
+    for sql in (
+        "SELECT ssn FROM users UNION ALL SELECT '123-45-6789'",
+        "SELECT DISTINCT name FROM users",
+        "SELECT id, generate_series(1, 3) FROM users",
+    ):
+        assert not trace(sql, catalog).predicate_columns & {"public.users.ssn"}, sql
 
 
 def test_output_names_follow_postgres(catalog: Catalog) -> None:

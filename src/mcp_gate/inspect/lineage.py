@@ -100,6 +100,28 @@ MAX_VIEW_DEPTH = 16
 _MAX_FIXPOINT_ROUNDS = 64
 
 _EMPTY: frozenset[str] = frozenset()
+# Carried with the sources of every value that is not a plain copy of a column (a function,
+# operator, cast, literal, whole row, subquery, table function...), through relations, CTEs,
+# set operations and views, and taken out before anything leaves this module: it becomes
+# `OutputColumn.direct`. Not a possible `schema.table.column` name.
+_COMPUTED = "\x00computed"
+
+# pg_catalog's set-returning functions (`proretset`, PostgreSQL 18). Their arguments decide
+# how many rows come back (`regexp_matches(ssn, '^1')` in a select list returns only the
+# matching rows), so they count as predicates wherever the call is.
+_SET_RETURNING = frozenset(
+    {
+        "aclexplode", "generate_series", "generate_subscripts", "json_array_elements",
+        "json_array_elements_text", "json_each", "json_each_text", "json_object_keys",
+        "json_populate_recordset", "json_to_recordset", "jsonb_array_elements",
+        "jsonb_array_elements_text", "jsonb_each", "jsonb_each_text", "jsonb_object_keys",
+        "jsonb_path_query", "jsonb_path_query_tz", "jsonb_populate_recordset",
+        "jsonb_to_recordset", "pg_options_to_table", "pg_partition_ancestors",
+        "pg_partition_tree", "pg_mcv_list_items", "pg_snapshot_xip", "regexp_matches",
+        "regexp_split_to_table", "string_to_table", "ts_debug", "ts_parse", "ts_stat",
+        "ts_token_type", "txid_snapshot_xip", "unnest", "explode",
+    }
+)  # fmt: skip
 
 
 class LineageUnresolved(Exception):
@@ -112,11 +134,20 @@ class LineageUnresolved(Exception):
 
 @dataclass(frozen=True, slots=True)
 class OutputColumn:
-    """One output position (0-based) and the base columns its value derives from."""
+    """One output position (0-based) and the base columns its value derives from.
+
+    `direct`: every value at this position is a plain copy of one of its source columns'
+    values (through aliases, derived tables, CTEs, set operations and views), never computed.
+    Only then may a strategy that reveals part of the value (`partial`) or lets equal values
+    be compared (`hash`) apply: on `reverse(email)` or `substr(card_number, 1, 13)` a partial
+    hint reveals other characters than the hint of the value, and on `coalesce(nullif(ssn,
+    ssn), '123-45-6789')` a hash token is the token of a value the agent chose (a dictionary
+    of tokens to compare against)."""
 
     position: int
     name: str
     sources: frozenset[str]
+    direct: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -540,6 +571,10 @@ class _Resolver:
                     self.output_ref_predicate(item, level, outputs, aliases, named_windows)
             for item in distinct.expressions or ():
                 self.output_ref_predicate(item, level, outputs, aliases, named_windows)
+            if on is None and not distinct.expressions:
+                # plain DISTINCT compares whole output rows (how many come back is an oracle)
+                for _, srcs in outputs:
+                    self.ctx.predicates.update(srcs)
         self.order_limit(node, level, outputs, aliases, named_windows)
         return outputs
 
@@ -573,6 +608,11 @@ class _Resolver:
         if len(left) != len(right):
             raise _refuse("set operation branches have different column counts")
         outputs = [(ln, ls | rs) for (ln, ls), (_, rs) in zip(left, right, strict=True)]
+        if not isinstance(node, exp.Union) or node.args.get("distinct"):
+            # UNION (without ALL), INTERSECT and EXCEPT compare the rows of both branches:
+            # whether a row comes back says whether a value equals one the agent chose
+            for _, srcs in outputs:
+                self.ctx.predicates.update(srcs)
         aliases = [n for n, _ in outputs]
         self.order_limit(node, level, outputs, aliases)
         return outputs
@@ -742,11 +782,12 @@ class _Resolver:
             args: list[exp.Expr] = list(func.expressions)
         else:
             args = list(func.iter_expressions())
-        srcs: set[str] = set()
+        srcs: set[str] = {_COMPUTED}
         saved, self.bare_names = self.bare_names, True
         try:
             for arg in args:
-                srcs |= self.expr(arg, level)
+                # the arguments decide how many rows the function returns: predicates
+                srcs |= self.predicate(arg, level)
         finally:
             self.bare_names = saved
         taint = frozenset(srcs)
@@ -950,7 +991,7 @@ class _Resolver:
     def expr(
         self, node: exp.Expr, env: _Env, named_windows: dict[str, frozenset[str]] | None = None
     ) -> frozenset[str]:
-        out: set[str] = set()
+        out: set[str] = set() if _is_copy(node) else {_COMPUTED}
         ctx = self.ctx
         stack = [node]
         while stack:
@@ -958,6 +999,11 @@ class _Resolver:
             t = type(n)
             if isinstance(n, exp.Column):
                 out |= self.column(n, env)
+                continue
+            if isinstance(n, exp.Func) and _func_name(n) in _SET_RETURNING:
+                # how many rows come back depends on the arguments: a predicate
+                for arg in n.iter_expressions():
+                    out |= self.predicate(arg, env, named_windows)
                 continue
             if isinstance(n, exp.TableColumn):
                 rel = env.rel(n.name)
@@ -1071,7 +1117,7 @@ class _Resolver:
                 return srcs
             raise _refuse("unsupported field selection")
         # A field of a composite value, `.*` of an expression: everything the value derives from.
-        srcs = self.expr(node.this, env)
+        srcs = self.expr(node.this, env) | {_COMPUTED}
         if isinstance(field, exp.Expr) and not isinstance(field, (exp.Identifier, exp.Star)):
             srcs |= self.expr(field, env)
         return srcs
@@ -1268,7 +1314,24 @@ def _check_tables(tree: exp.Expr, ctx: _Ctx) -> None:
 
 
 def _outputs(cols: list[tuple[str, frozenset[str]]]) -> tuple[OutputColumn, ...]:
-    return tuple(OutputColumn(i, n, s) for i, (n, s) in enumerate(cols))
+    return tuple(
+        OutputColumn(i, n, s - {_COMPUTED}, _COMPUTED not in s) for i, (n, s) in enumerate(cols)
+    )
+
+
+def _is_copy(node: exp.Expr) -> bool:
+    """A plain column reference (`c.email`, `(c).email`, aliased or parenthesised): its value
+    is a copy of the column's, unless the column itself is computed."""
+    while isinstance(node, (exp.Alias, exp.Paren)):
+        node = node.this
+    if isinstance(node, exp.Column):
+        return not isinstance(node.this, exp.Star)
+    if isinstance(node, exp.Dot):
+        inner = node.this
+        while isinstance(inner, exp.Paren):
+            inner = inner.this
+        return isinstance(inner, exp.TableColumn) and isinstance(node.expression, exp.Identifier)
+    return False
 
 
 def _values_select(values: exp.Values) -> exp.Select:
@@ -1586,6 +1649,7 @@ def _table_columns(relation: Relation, prep: _Prepared) -> list[tuple[str, froze
             srcs = {prefix + c}
             if c in generated:
                 srcs |= {prefix + x for x in _expression_columns(generated[c], relation)}
+                srcs.add(_COMPUTED)  # `reverse(email)`: a hint of it is not a hint of email
             cols.append((c, frozenset(srcs)))
         prep.tables[key] = cols
     return cols
@@ -1632,7 +1696,7 @@ def _view_columns(relation: Relation, ctx: _Ctx) -> list[tuple[str, frozenset[st
                     cached = f"view {relation.qualified}: definition and columns disagree"
                 else:
                     cols = [
-                        (name, o.sources)
+                        (name, o.sources if o.direct else o.sources | {_COMPUTED})
                         for name, o in zip(relation.columns, lineage.outputs, strict=True)
                     ]
                     cached = (cols, lineage, nesting)
@@ -1929,8 +1993,8 @@ def _trace_in(sql: str, inspection: SqlInspection | None, ctx: _Ctx) -> Lineage:
             raise _refuse(f"parsers disagree on relation {rel!r}")
     return Lineage(
         outputs=_outputs(cols),
-        predicate_columns=frozenset(ctx.predicates),
-        referenced_columns=frozenset(ctx.referenced),
+        predicate_columns=frozenset(ctx.predicates - {_COMPUTED}),
+        referenced_columns=frozenset(ctx.referenced - {_COMPUTED}),
         relations=frozenset(ctx.relations),
     )
 

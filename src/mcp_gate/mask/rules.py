@@ -12,6 +12,10 @@ rules apply, the strictest strategy wins (`strategies.STRATEGY_ORDER`: null > re
 partial), whatever the rules' order. A rule does not apply to a principal who is in one of its
 `except_groups` (exact, case-sensitive group names: an exemption is a grant, so no globbing);
 an exemption from one rule does not lift another rule that also matches.
+
+`partial` and `hash` apply only to an output position that is a plain copy of a column
+(`OutputColumn.direct`); on a computed one (`reverse(email)`, `substr(card_number, 1, 13)`,
+`coalesce(ssn, 'a guess')`) they become `redact` (`output_strategy`).
 """
 
 from __future__ import annotations
@@ -21,12 +25,14 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from mcp_gate.calls import Principal
+from mcp_gate.inspect.lineage import OutputColumn
 from mcp_gate.policy.globs import compile_globs
 from mcp_gate.policy.model import DETECTORS, MaskRule
 
 from .strategies import strictest
 
 _CACHE_LIMIT = 4096
+_NEEDS_A_COPY = frozenset({"partial", "hash"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +118,23 @@ class MaskPlan:
     ) -> list[str | None]:
         """`column_strategy` for each output position."""
         return [self.column_strategy(sources, principal) for sources in lineage]
+
+    def output_strategy(self, output: OutputColumn, principal: Principal) -> str | None:
+        """The strategy that applies to one traced output position: `column_strategy` of its
+        sources, with `partial` and `hash` turned into `redact` unless the position is a
+        plain copy of a column (`OutputColumn.direct`). A hint of a computed value is a hint
+        of something else (`reverse(email)` shows the local part), and the token of a
+        computed value can be the token of a value the agent chose."""
+        strategy = self.column_strategy(output.sources, principal)
+        if strategy in _NEEDS_A_COPY and not output.direct:
+            return "redact"
+        return strategy
+
+    def output_strategies(
+        self, outputs: Sequence[OutputColumn], principal: Principal
+    ) -> list[str | None]:
+        """`output_strategy` for each output position of a traced statement."""
+        return [self.output_strategy(o, principal) for o in outputs]
 
     def explain(self, sources: frozenset[str], principal: Principal) -> list[MaskReason]:
         """Every column rule matching `sources`, with the sources it matched (for `policy

@@ -119,7 +119,7 @@ def column_report(
             o.position,
             o.name,
             tuple(sorted(o.sources)),
-            plan.column_strategy(o.sources, principal),
+            plan.output_strategy(o, principal),  # partial/hash only on plain copies
             tuple(plan.explain(o.sources, principal)),
         )
         for o in lineage.outputs

@@ -18,6 +18,7 @@ from mcp_gate.inspect.catalog import CatalogCache, CatalogError
 from mcp_gate.inspect.lineage import LineageCache, LineageUnresolved
 from mcp_gate.inspect.model import Inspection, Risk, SqlKind
 from mcp_gate.mask.apply import mask_result
+from mcp_gate.mask.messages import withhold_values
 from mcp_gate.mask.rules import MaskPlan
 from mcp_gate.mask.scan import scan_value
 from mcp_gate.sqltools import catalog_queries, execute, results
@@ -36,6 +37,8 @@ WRITE_KINDS = frozenset(
 TRACED_KINDS = frozenset(
     {SqlKind.SELECT, SqlKind.INSERT, SqlKind.UPDATE, SqlKind.DELETE, SqlKind.MERGE}
 )
+#: Tools whose statement is traced (`sql_explain` for its predicates).
+TRACED_TOOLS = frozenset({"sql_query", "sql_explain"})
 
 
 @dataclass
@@ -254,11 +257,13 @@ class BuiltinSql:
         """Trace the lineage of what `sql_query` returns, against the connection's catalog.
 
         Reads and DML with RETURNING are traced; a query that cannot be traced is marked
-        unresolved (refused). Masked columns used in predicates set `sensitive_predicate`.
+        unresolved (refused). Masked columns used in predicates set `sensitive_predicate`,
+        for `sql_explain` too: the planner's row estimate for `WHERE ssn < '5'` comes from
+        the column's statistics, an oracle on its values.
         """
         sql = inspection.sql
         conn = self.connections.get(call.connection or "")
-        if call.tool != "sql_query" or sql is None or conn is None or conn.catalog is None:
+        if call.tool not in TRACED_TOOLS or sql is None or conn is None or conn.catalog is None:
             return inspection
         if sql.statement_count != 1 or sql.kind not in TRACED_KINDS:
             return inspection
@@ -370,12 +375,20 @@ class BuiltinSql:
                 "try again."
             )
         except SqlToolError as exc:
+            plan = self.masking.plan()
+            if lineage is not None and plan.masked_columns(lineage.referenced_columns, principal):
+                # PostgreSQL quotes values in its messages, not always in a shape detectors
+                # know (`chr(replace(ssn, '-', '')::int)`: nine bare digits)
+                message = withhold_values(
+                    getattr(exc, "message", str(exc)), getattr(exc, "sqlstate", None)
+                )
+                return _error(self.masking.scrub(f"mcp-gate: {message}", principal))
             return _error(self.masking.scrub(f"mcp-gate: {exc}", principal))
         if isinstance(result, types.CallToolResult):
             return result
         plan = self.masking.plan()
         if lineage is not None:
-            strategies = plan.column_strategies([o.sources for o in lineage.outputs], principal)
+            strategies = plan.output_strategies(lineage.outputs, principal)
         else:
             strategies = [None] * len(result.columns)
         masked, flags = mask_result(
