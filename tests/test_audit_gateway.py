@@ -15,6 +15,7 @@ import os
 import secrets
 import signal
 import sqlite3
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -31,7 +32,7 @@ from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.message import SessionMessage
 
-from gateway_helpers import Gateway, running_gateway, text_of
+from gateway_helpers import MCP_GATE, Gateway, running_gateway, text_of
 from mcp_gate.audit import EventKind, SqliteAuditStore, StoredEvent
 from mcp_gate.audit.chain import public_keys, verify
 from mcp_gate.demo.sample import load_sample
@@ -527,3 +528,56 @@ async def test_approval_lifecycle_is_in_the_requesting_session(gateway: Gateway,
     assert decisions[0]["approver"] == "alice" and decisions[0]["reason"] == "ticket 42"
     reviews = [e for e in events if e.event.kind == EventKind.DECISION]
     assert [e.event.decision for e in reviews] == ["review", "review"]
+
+
+# -- the "done when" -----------------------------------------------------------------
+
+
+def cli(gateway: Gateway, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*MCP_GATE, *args, "--config", str(gateway.config)],
+        env={**gateway.env, "COLUMNS": "200"}, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+async def test_replay_verify_export_then_a_hand_edit_is_caught(gateway: Gateway, shop: Shop):
+    token = gateway.token("replayed-agent", "developers")
+    async with gateway.client(token, mode="legacy") as client:
+        await client.call_tool("sql_query", {"sql": "SELECT name, email FROM customers LIMIT 2"})
+        await client.call_tool("sql_query", {"sql": f"SELECT '{AWS_KEY}' AS k"})
+        await client.call_tool("sql_query", {"sql": "DELETE FROM orders"})
+    path = db_file(gateway)
+    session = wait_for(
+        lambda: [s for s in sessions_of(path, "replayed-agent") if s.ended_at is not None]
+    )[0]
+
+    # The admin API lists it for its owner.
+    admin = gateway.url.rsplit("/mcp", 1)[0] + f"/admin/v1/sessions/{session.id}"
+    async with httpx.AsyncClient(timeout=30) as http:
+        response = await http.get(admin, headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 200, response.text
+
+    shown = cli(gateway, "replay", session.id)
+    assert shown.returncode == 0, shown.stderr
+    for needle in ("SELECT name, email FROM customers LIMIT 2", "DELETE FROM orders", "DENY"):
+        assert needle in shown.stdout, (needle, shown.stdout)
+    assert "@example." not in shown.stdout.replace("***@example.", "")  # emails masked
+    assert AWS_KEY not in shown.stdout
+
+    exported = cli(gateway, "audit", "export", "--format", "jsonl")
+    assert exported.returncode == 0, exported.stderr
+    assert session.id in exported.stdout
+    for secret in (AWS_KEY, token, *shop.secrets, *shop.emails):
+        assert secret not in exported.stdout
+
+    ok = cli(gateway, "audit", "verify")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+
+    events = read_store(path, session.id)
+    # Someone turns the refusal into an allow, by hand.
+    decision = next(e for e in events if e.event.decision == "deny")
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE audit_events SET decision = 'allow' WHERE seq = ?", (decision.seq,))
+    broken = cli(gateway, "audit", "verify")
+    assert broken.returncode == 1, broken.stdout + broken.stderr
+    assert str(decision.seq) in broken.stdout + broken.stderr

@@ -293,11 +293,13 @@ class Recorder:
         direction: Direction,
         message: Any,
         pairing: Pairing | None = None,
+        when: tuple[float, float] | None = None,
     ) -> None:
         """Queue one JSON-RPC message as it went over the wire (`message` is its decoded
         JSON). Requests open a pairing entry (client requests in `pairing`, the caller's
-        channel; server requests in the session), responses close it with a duration."""
-        at = self.clock()
+        channel; server requests in the session), responses close it with a duration.
+        `when` is (`clock()`, `time.monotonic()`) of its arrival if it is recorded later."""
+        at, mono = when if when is not None else (self.clock(), time.monotonic())
         method: str | None = None
         request_id: str | None = None
         tool: str | None = None
@@ -314,14 +316,14 @@ class Recorder:
                 if request_id is not None:
                     table = self._table(session_id, direction, pairing, request=True)
                     if table is not None:
-                        table[(str(direction), request_id)] = (method, tool, time.monotonic())
+                        table[(str(direction), request_id)] = (method, tool, mono)
             elif request_id is not None and ("result" in message or "error" in message):
                 asked_by = Direction.OUT if direction is Direction.IN else Direction.IN
                 table = self._table(session_id, direction, pairing, request=False)
                 opened = table.pop((str(asked_by), request_id), None) if table else None
                 if opened is not None:
                     method, tool, started = opened
-                    duration = round((time.monotonic() - started) * 1000, 3)
+                    duration = round((mono - started) * 1000, 3)
         else:
             message = {"unparsed": message}
         self._enqueue(

@@ -17,6 +17,7 @@ and a failure inside the tap is logged and the traffic flows on.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -92,7 +93,8 @@ class _Exchange:
         self.body = bytearray()
         self.buffer = bytearray()
         self.pairing = Pairing()
-        self.deferred: list[Any] = []  # an initialize request, until its session exists
+        # An initialize request (and when it came), until its session exists.
+        self.deferred: list[tuple[Any, tuple[float, float]]] = []
         self.initialize: dict[str, Any] | None = None
         self.status = 0
         self.sse = False
@@ -137,7 +139,8 @@ class _Exchange:
                 # The session exists once the SDK answers with its Mcp-Session-Id.
                 params = first.get("params")
                 self.initialize = params if isinstance(params, dict) else {}
-                self.deferred.extend(messages)
+                when = (self.recorder.clock(), time.monotonic())
+                self.deferred.extend((item, when) for item in messages)
                 return
             info = None
             if isinstance(first, dict) and isinstance(first.get("params"), dict):
@@ -226,15 +229,15 @@ class _Exchange:
         else:
             self._fallback_session(params.get("clientInfo"))
         assert self.session is not None
-        for item in self.deferred:
-            self.recorder.message(self.session, Direction.IN, item, self.pairing)
+        for item, when in self.deferred:
+            self.recorder.message(self.session, Direction.IN, item, self.pairing, when)
         self.deferred.clear()
 
     def finished(self) -> None:
         if self.deferred:  # an initialize that got no JSON-RPC answer at all
             self._fallback_session((self.initialize or {}).get("clientInfo"))
-            for item in self.deferred:
-                self.recorder.message(self.session or "", Direction.IN, item, self.pairing)
+            for item, when in self.deferred:
+                self.recorder.message(self.session or "", Direction.IN, item, self.pairing, when)
             self.deferred.clear()
         if self.session is None:
             return
@@ -308,7 +311,7 @@ class StdioTap:
         self.principal = principal
         self.session: str | None = None
         self._pairing = Pairing()
-        self._initialize: list[Any] = []
+        self._initialize: list[tuple[Any, tuple[float, float]]] = []
 
     def wrap(self, read: Any, write: Any) -> tuple[Any, Any]:
         """The streams to give `Server.run`."""
@@ -319,7 +322,7 @@ class StdioTap:
             params = item.get("params") if isinstance(item, dict) else None
             params = params if isinstance(params, dict) else {}
             if isinstance(item, dict) and item.get("method") == "initialize":
-                self._initialize.append(item)
+                self._initialize.append((item, (self.recorder.clock(), time.monotonic())))
                 return
             meta = params.get("_meta")
             meta = meta if isinstance(meta, dict) else {}
@@ -332,13 +335,13 @@ class StdioTap:
         if self.session is None:
             result = item.get("result") if isinstance(item, dict) else None
             era = result.get("protocolVersion") if isinstance(result, dict) else None
-            opening = self._initialize[0] if self._initialize else {}
+            opening = self._initialize[0][0] if self._initialize else {}
             params = opening.get("params") if isinstance(opening, dict) else None
             info = params.get("clientInfo") if isinstance(params, dict) else None
             self._start(era if isinstance(era, str) else None, info)
         assert self.session is not None
-        for deferred in self._initialize:
-            self.recorder.message(self.session, Direction.IN, deferred, self._pairing)
+        for deferred, when in self._initialize:
+            self.recorder.message(self.session, Direction.IN, deferred, self._pairing, when)
         self._initialize.clear()
         self.recorder.message(self.session, Direction.OUT, item, self._pairing)
 

@@ -15,6 +15,7 @@ import uvicorn
 from mcp.server.stdio import stdio_server
 
 from mcp_gate.approvals import admin_routes, bearer_authenticator
+from mcp_gate.audit.api import session_routes
 from mcp_gate.auth import dev_issuer_routes
 from mcp_gate.calls import Principal
 from mcp_gate.config import GateConfig
@@ -108,10 +109,15 @@ async def serve_http(
             pipeline.recorder = recorder
             await pipeline.list_tools()
             server = build_server(pipeline, http_principal, http_audit_session)
-            admin = admin_routes(
-                approvals,
-                bearer_authenticator(verifier, resource_metadata_url=None),
-            )
+            authenticate = bearer_authenticator(verifier, resource_metadata_url=None)
+            admin = admin_routes(approvals, authenticate)
+            if recorder is not None:
+                # Approvers see every session (they judge what agents do); others their own.
+                admin += session_routes(
+                    recorder.store,
+                    authenticate,
+                    viewer_groups=policy().model.approval.approvers,
+                )
             app = build_http_app(
                 server,
                 verifier=verifier,
