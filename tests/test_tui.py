@@ -153,6 +153,9 @@ def test_command_needs_a_gateway_and_a_token(tmp_path: Path) -> None:
     assert bare.returncode == 2 and "no gateway URL and no approver token" in bare.stderr
     no_token = cli("--gateway", "http://127.0.0.1:9")
     assert no_token.returncode == 2 and "no approver token" in no_token.stderr
+    # Options given to the group reach the script commands too.
+    grouped = cli("--gateway", "http://127.0.0.1:9", "--token", "x", "list")
+    assert grouped.returncode == 1 and "cannot reach http://127.0.0.1:9" in grouped.stderr
     helped = cli("--help")
     assert helped.returncode == 0 and "TUI" in helped.stdout and "list" in helped.stdout
 

@@ -245,6 +245,13 @@ def approvals_tui(
     """
     if ctx.invoked_subcommand is None:
         raise typer.Exit(tui_commands.run(gateway=gateway, token=token, config=config, err=_err))
+    # `mcp-gate approvals --token T list`: options given to the group are the command's defaults.
+    given = {"gateway": gateway, "token": token}
+    if config != Path(DEFAULT_CONFIG):
+        given["config"] = str(config)
+    given = {name: value for name, value in given.items() if value is not None}
+    if given:
+        ctx.default_map = {command: given for command in ("list", "approve", "deny")}
 
 
 @approvals_app.command("list")
