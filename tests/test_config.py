@@ -185,3 +185,43 @@ def test_bad_store_settings(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(ConfigFileError, match=message) as info:
         load_config(write(tmp_path, f"[server]\n{text}\n"))
     assert all(p.line is not None for p in info.value.problems)
+
+
+def test_store_target(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mcp_gate.gateway.runtime import StartupError, store_path, store_target
+
+    cfg = load_config(write(tmp_path, '[server]\nstore = "sqlite:///state/gate.db"\n'))
+    target = store_target(cfg)
+    assert (target.kind, target.path, target.dsn) == ("sqlite", tmp_path / "state/gate.db", None)
+    assert store_path(cfg) == tmp_path / "state/gate.db"
+
+    (tmp_path / "store.pw").write_text("pw-from-file\n")
+    cfg = load_config(
+        write(
+            tmp_path,
+            '[server]\nstore = "postgresql://gate@db:5432/gate"\n'
+            'store_password_file = "store.pw"\n',
+        )
+    )
+    target = store_target(cfg)
+    assert (target.kind, target.dsn, target.password) == (
+        "postgresql",
+        "postgresql://gate@db:5432/gate",
+        "pw-from-file",
+    )
+    assert target.describe() == "gate@db:5432/gate" and "pw-from-file" not in repr(target)
+    with pytest.raises(StartupError, match="PostgreSQL"):
+        store_path(cfg)
+
+    monkeypatch.delenv("GATE_TEST_STORE_PW", raising=False)
+    cfg = load_config(
+        write(
+            tmp_path,
+            '[server]\nstore = "postgres://gate@db/gate"\n'
+            'store_password_env = "GATE_TEST_STORE_PW"\n',
+        )
+    )
+    with pytest.raises(StartupError, match="GATE_TEST_STORE_PW is not set"):
+        store_target(cfg)
+    monkeypatch.setenv("GATE_TEST_STORE_PW", "pw-from-env")
+    assert store_target(cfg).password == "pw-from-env"

@@ -19,8 +19,10 @@ import httpx
 import pytest
 
 from gateway_helpers import MCP_GATE, Gateway, running_gateway, text_of, write_config
+from mcp_gate.config import load_config
 from mcp_gate.demo.embedded import free_port
 from mcp_gate.demo.sample import load_sample
+from mcp_gate.gateway.runtime import dev_issuer_for
 from pgserver import admin_execute, dsn_with, quote_ident, run_sync, unique_name
 
 pytestmark = pytest.mark.slow
@@ -38,6 +40,7 @@ class Replicas:
     a: Gateway
     b: Gateway
     db: str  # superuser DSN of the sample database
+    tokens: dict[str, str]  # subject → bearer token (valid on both: one key, one audience)
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +90,15 @@ def replicas(pg_dsn: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
             running_gateway(root / "a", port=port_a, **options) as a,
             running_gateway(root / "b", **options) as b,
         ):
-            yield Replicas(a, b, db)
+            # The agent's token through `mcp-gate token` on B's config, used on A; the
+            # approvers' minted in-process with the same dev issuer (a subprocess each is slow).
+            issuer = dev_issuer_for(load_config(a.config))
+            assert issuer is not None
+            tokens = {
+                "agent": b.token("agent", "developers"),
+                **{who: issuer.mint(who, ["dba"]) for who in ("alice", "carol", "sse-watcher")},
+            }
+            yield Replicas(a, b, db, tokens)
             for gateway in (a, b):
                 assert STORE_PW not in gateway.stderr()
     finally:
@@ -128,7 +139,7 @@ class Sse:
 @pytest.fixture
 async def sse_on_a(replicas: Replicas) -> AsyncIterator[Sse]:
     """A's `GET /admin/v1/events`, read in the background as an approver."""
-    token = replicas.a.token("sse-watcher", "dba")
+    token = replicas.tokens["sse-watcher"]
     sse = Sse([], anyio.Event())
 
     async def read() -> None:
@@ -171,7 +182,7 @@ def count_rows(db: str, where: str) -> int:
 @pytest.mark.anyio
 async def test_held_on_a_approved_on_b_completes_on_a(replicas: Replicas, sse_on_a: Sse) -> None:
     a, b = replicas.a, replicas.b
-    agent, alice = a.token("agent", "developers"), b.token("alice", "dba")
+    agent, alice = replicas.tokens["agent"], replicas.tokens["alice"]
     where = "status = 'cancelled' AND id % 5 = 1"
     sql = f"DELETE FROM orders WHERE {where}"
     assert count_rows(replicas.db, where) > 0
@@ -217,8 +228,7 @@ async def test_held_on_a_approved_on_b_completes_on_a(replicas: Replicas, sse_on
 async def race_once(replicas: Replicas, n: int) -> None:
     """Hold a DELETE on A; approve it on A and deny it on B at the same moment."""
     a, b = replicas.a, replicas.b
-    agent = a.token("agent", "developers")
-    alice, carol = a.token("alice", "dba"), b.token("carol", "dba")
+    agent, alice, carol = (replicas.tokens[who] for who in ("agent", "alice", "carol"))
     where = f"status = 'cancelled' AND id % 5 = {2 + n}"
     sql = f"DELETE FROM orders WHERE {where}"
     before = count_rows(replicas.db, where)
