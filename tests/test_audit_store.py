@@ -29,6 +29,7 @@ from mcp_gate.audit import (
     EventKind,
     SqliteAuditStore,
     chain,
+    rows,
 )
 from mcp_gate.audit.pg_store import PostgresAuditStore
 from pgserver import TestDatabase, admin_execute, dsn_with, free_port, quote_ident, unique_name
@@ -668,3 +669,27 @@ def test_a_checkpoint_signature_covers_every_field() -> None:
         dataclasses.replace(cp, signature="not base64!"),
     ):
         assert "bad signature" in (chain.checkpoint_problem(changed, keys) or "")
+
+
+def test_the_stored_hash_is_the_model_hash() -> None:
+    """The stores splice the already-serialised data into the canonical form; it must hash
+    exactly as `AuditEvent.chain_hash`, whatever the fields hold."""
+    tricky = ['"data":null', 'x","data":null,"y":"', "é✓\u2028", "\\", "", "a\nb"]
+    for i, text in enumerate(tricky):
+        event = AuditEvent(
+            session_id=text,
+            kind=EventKind.APPROVAL,
+            at=T0 + i / 7,
+            direction=Direction.OUT if i % 2 else None,
+            method=text,
+            request_id=text or None,
+            tool=text,
+            decision=text,
+            approval_id=text,
+            duration_ms=i / 3 if i % 3 else None,
+            data={text: [text, {"data": None, "n": i, "f": 1e16 + i}], "z": True},
+        )
+        data = rows.data_json(event)
+        assert rows.chain_digest(event, i + 1, "ab" * 32, data) == event.chain_hash(
+            i + 1, "ab" * 32
+        )

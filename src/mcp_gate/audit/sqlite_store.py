@@ -138,7 +138,8 @@ _UPDATE_SESSION = (
 @dataclass
 class _Append:
     items: list[tuple[AuditEvent, str]]
-    future: Future[list[StoredEvent]] = field(default_factory=Future)
+    future: asyncio.Future[list[StoredEvent]]
+    loop: asyncio.AbstractEventLoop
 
 
 @dataclass
@@ -157,6 +158,28 @@ def _resolve(future: Future[T], result: T | None = None, error: BaseException | 
             future.set_exception(error)
         else:
             future.set_result(result)  # type: ignore[arg-type]
+
+
+def _settle(outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+    """On the waiters' loop: wake each (a cancelled waiter has nothing to wake)."""
+    for future, result, error in outcomes:
+        if future.done():
+            continue
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+
+def _wake(group: Sequence[_Append], results: Sequence[Any] | None, error: BaseException | None):
+    """Wake a commit's waiters with one call into each event loop (not one per waiter)."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any, Any]]] = {}
+    for i, item in enumerate(group):
+        outcome = (item.future, None if results is None else results[i], error)
+        by_loop.setdefault(item.loop, []).append(outcome)
+    for loop, outcomes in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # that loop is closed: nobody is waiting
+            loop.call_soon_threadsafe(_settle, outcomes)
 
 
 def write_index(conn: sqlite3.Connection, changes: IndexChanges) -> None:
@@ -302,7 +325,9 @@ class SqliteAuditStore(AuditStore):
 
     @staticmethod
     def _fail(item: Any, error: BaseException) -> None:
-        if isinstance(item, _Append | _Job):
+        if isinstance(item, _Append):
+            _wake([item], None, error)
+        elif isinstance(item, _Job):
             _resolve(item.future, error=error)
 
     def _commit(self, conn: sqlite3.Connection, group: list[_Append]) -> None:
@@ -320,12 +345,12 @@ class SqliteAuditStore(AuditStore):
         try:
             results = sqlite_db.transaction(conn, tx)
         except sqlite3.Error as exc:
-            error = self._unavailable(exc)
-            for a in group:
-                _resolve(a.future, error=error)
+            _wake(group, None, self._unavailable(exc))
             return
-        for a, stored in zip(group, results, strict=True):
-            _resolve(a.future, stored)
+        except Exception as exc:  # a bug must not kill the writer and strand every waiter
+            _wake(group, None, AuditUnavailable(f"the audit store {self.path} failed: {exc!r}"))
+            return
+        _wake(group, results, None)
 
     def _job(self, conn: sqlite3.Connection, job: _Job) -> None:
         try:
@@ -374,9 +399,10 @@ class SqliteAuditStore(AuditStore):
     async def append(self, events: Sequence[AuditEvent]) -> builtins.list[StoredEvent]:
         if not events:
             return []
-        item = _Append([(event, data_json(event)) for event in events])
+        loop = asyncio.get_running_loop()
+        item = _Append([(event, data_json(event)) for event in events], loop.create_future(), loop)
         self._enqueue(item)
-        return await asyncio.wrap_future(item.future)
+        return await item.future
 
     async def head(self) -> tuple[int, str]:
         def read(conn: sqlite3.Connection) -> tuple[int, str]:
