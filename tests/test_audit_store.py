@@ -693,3 +693,18 @@ def test_the_stored_hash_is_the_model_hash() -> None:
         assert rows.chain_digest(event, i + 1, "ab" * 32, data) == event.chain_hash(
             i + 1, "ab" * 32
         )
+
+
+def test_audit_settings(tmp_path: Path) -> None:
+    from mcp_gate.config import ConfigFileError, load_config
+
+    path = tmp_path / "mcp-gate.toml"
+    path.write_text("[server]\n")
+    audit = load_config(path).model.audit
+    assert (audit.enabled, audit.checkpoint_every, audit.retain) == (True, 300.0, 90 * 86400.0)
+    path.write_text('[audit]\nretain = "30d"\ncheckpoint_every = "1m"\nenabled = false\n')
+    audit = load_config(path).model.audit
+    assert (audit.enabled, audit.checkpoint_every, audit.retain) == (False, 60.0, 30 * 86400.0)
+    path.write_text('[audit]\nretain = "forever"\n')
+    with pytest.raises(ConfigFileError, match="retain"):
+        load_config(path)

@@ -182,7 +182,7 @@ class AuditSettings(_Strict):
     """`[audit]`: every session recorded in the store (DESIGN §8)."""
 
     enabled: bool = True  # false: nothing is recorded (the decision still runs)
-    checkpoint_every: Duration = 3600.0  # how often the chain head is signed
+    checkpoint_every: Duration = 300.0  # how often the chain head is signed (and retention runs)
     retain: Duration = 90 * 86400.0  # events older than this are pruned (at a checkpoint)
 
 
