@@ -36,7 +36,7 @@ from mcp_gate.approvals.model import new_approval_id
 from mcp_gate.approvals.notify import Notifier
 from mcp_gate.approvals.store import ApprovalStore, DecideOutcome
 from mcp_gate.calls import Principal
-from pgserver import TestDatabase, admin_execute, quote_ident, unique_name
+from pgserver import TestDatabase, admin_execute, quote_ident, quote_literal, unique_name
 
 
 @pytest.fixture
@@ -991,3 +991,29 @@ async def test_pg_feed_reconnects_and_waiters_reread_what_they_missed(
         async with a.subscribe() as events:
             other = await hold(b, arguments={"sql": "DELETE FROM t"})
             assert (await next_event(events, "created")).approval.id == other.id
+
+
+@pytest.mark.anyio
+async def test_pg_store_outage_fails_closed_and_recovers(
+    pg_stores: Stores, module_db: TestDatabase
+) -> None:
+    async with open_service(pg_stores) as svc:
+        approval = await hold(svc)
+        db = quote_ident(module_db.name)
+        admin_execute(
+            module_db.admin_dsn,
+            f"ALTER DATABASE {db} WITH ALLOW_CONNECTIONS false",
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            f"WHERE datname = {quote_literal(module_db.name)} AND pid <> pg_backend_pid()",
+        )
+        try:
+            await anyio.sleep(0.2)  # the pool notices its connections are gone
+            with pytest.raises(StoreError, match=r"the approval store \(.*\) failed"):
+                await hold(svc, arguments={"sql": "DELETE FROM t"})
+            with pytest.raises(StoreError):
+                await svc.decide(approval.id, BOB, True, None)
+        finally:
+            admin_execute(module_db.admin_dsn, f"ALTER DATABASE {db} WITH ALLOW_CONNECTIONS true")
+        # Back: the pool reconnects on its own, nothing was decided meanwhile.
+        assert (await svc.get(approval.id)).status == Status.PENDING
+        assert (await svc.decide(approval.id, BOB, True, None)).status == Status.APPROVED
