@@ -395,6 +395,14 @@ async def test_verify_detects_an_edited_event(target: Target, tmp_path: Path) ->
 
 
 @pytest.mark.anyio
+async def test_verify_reports_garbage_written_into_a_row(target: Target, tmp_path: Path) -> None:
+    _, keys = await _filled(target, tmp_path)
+    target.tamper("UPDATE audit_events SET data = '{not json' WHERE seq = 3")
+    report = await _verify(target, keys)
+    assert not report.ok and report.broken_at == 3 and report.problem.startswith("edited:")
+
+
+@pytest.mark.anyio
 async def test_verify_detects_an_edited_and_rehashed_event(target: Target, tmp_path: Path) -> None:
     _, keys = await _filled(target, tmp_path)
     store = target.make()

@@ -101,9 +101,19 @@ def stored_event(row: Mapping[str, Any]) -> StoredEvent:
             decision=row["decision"],
             approval_id=row["approval_id"],
             duration_ms=row["duration_ms"],
-            data=json.loads(row["data"]),
+            data=_data(row["data"]),
         ),
     )
+
+
+def _data(text: str) -> dict[str, Any]:
+    # Text that is not a JSON object was written by hand: keep it visible (verify then
+    # reports the row as edited) instead of failing the whole read.
+    try:
+        value = json.loads(text)
+    except (TypeError, ValueError):
+        return {"unreadable": str(text)}
+    return value if isinstance(value, dict) else {"unreadable": str(text)}
 
 
 def _kind(value: str) -> EventKind | str:
