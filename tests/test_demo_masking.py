@@ -78,7 +78,9 @@ def demo(pg_dsn: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo
     async def read_secrets() -> dict[str, list[str]]:
         conn = await asyncpg.connect(db)
         try:
-            rows = await conn.fetch("SELECT email, ssn, card_number, phone FROM customers")
+            rows = await conn.fetch(
+                "SELECT email, ssn, card_number, phone FROM customers ORDER BY id"
+            )
             ibans = await conn.fetch("SELECT DISTINCT iban FROM payments WHERE iban IS NOT NULL")
         finally:
             await conn.close()
@@ -592,6 +594,19 @@ ATTACKS: list[Attack] = [
         "deny",
         tool="sql_explain",
     ),
+    Attack("explain", "EXPLAIN (VERBOSE) SELECT ssn FROM customers", "error", tool="sql_explain"),
+    Attack("explain", "EXPLAIN (VERBOSE, FORMAT JSON) SELECT ssn, email FROM customers", "ok"),
+    Attack("explain", "EXPLAIN SELECT id FROM customers WHERE ssn < '5'", "review"),
+    Attack(
+        "explain", "EXPLAIN (FORMAT YAML) SELECT 1 FROM customers ORDER BY card_number", "review"
+    ),
+    Attack("explain", "EXPLAIN SELECT * FROM pg_stats", "deny"),
+    Attack("explain", "EXPLAIN ANALYZE SELECT id FROM customers WHERE ssn < '5'", "deny"),
+    # ---- the catalog tools show names and types, never values
+    Attack("describe", "customers", "ok", tool="sql_describe_table"),
+    Attack("describe", "public.payments", "ok", tool="sql_describe_table"),
+    Attack("describe", "pg_catalog.pg_statistic", "error", tool="sql_describe_table"),
+    Attack("describe", "", "ok", tool="sql_list_tables"),
 ]
 
 
@@ -600,6 +615,10 @@ async def fire(demo: Demo, attack: Attack, client: Any) -> tuple[str, list[str]]
     args: dict[str, Any] = {"sql": attack.sql}
     if attack.tool == "sql_query":
         args["max_rows"] = 50
+    elif attack.tool == "sql_describe_table":
+        args = {"table": attack.sql}
+    elif attack.tool == "sql_list_tables":
+        args = {}
     result = await client.call_tool(attack.tool, args)
     leaks = find_leaks(everything(result), demo.needles)
     got = verdict(result)
@@ -648,3 +667,41 @@ async def test_no_query_brings_back_an_email_ssn_or_card(demo: Demo) -> None:
             if problem:
                 problems.append(f"[{attack.technique}] {attack.sql}: {problem}")
     assert not problems, "\n".join(problems)
+
+
+DBA_ATTACKS = [
+    # DBAs skip the "system catalogs" review, but pg_stats still cannot be traced
+    Attack("catalog", "SELECT most_common_vals, histogram_bounds FROM pg_stats "
+           "WHERE tablename = 'customers'", "deny"),
+    Attack("catalog", "SELECT * FROM pg_catalog.pg_stats_ext", "deny"),
+    Attack("plain", "SELECT * FROM customers", "ok", (2, 3, 4, 5), hint=True),
+    Attack("predicates", "SELECT id FROM customers WHERE ssn LIKE '1%'", "review"),
+]  # fmt: skip
+
+
+@pytest.mark.anyio
+async def test_dbas_are_masked_too(demo: Demo) -> None:
+    """`dba` is not `pii-readers`: its members see the same masks (and catalogs stay shut)."""
+    token = demo.gateway.token("bob", "dba")
+    problems: list[str] = []
+    async with demo.gateway.client(token) as client:
+        for attack in DBA_ATTACKS:
+            problem, leaks = await fire(demo, attack, client)
+            if leaks or problem:
+                problems.append(f"{attack.sql}: {problem} {leaks[:3]}")
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.anyio
+async def test_pii_readers_are_exempt_from_the_column_rule(demo: Demo) -> None:
+    """The policy's `except_groups`: the columns are not masked for `pii-readers`."""
+    token = demo.gateway.token("pat", "pii-readers")
+    async with demo.gateway.client(token) as client:
+        result = await client.call_tool(
+            "sql_query", {"sql": "SELECT id, email, phone FROM customers ORDER BY id LIMIT 3"}
+        )
+    assert not result.is_error, text_of(result)
+    columns = result.structured_content["columns"]
+    assert [c["masked"] for c in columns] == [False, False, False]
+    phones = [row[2] for row in result.structured_content["rows"]]
+    assert phones == demo.secrets["phone"][:3]  # no detector looks for phone numbers

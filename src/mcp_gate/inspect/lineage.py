@@ -75,8 +75,10 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import orjson
+import pglast
 import sqlglot
 from pglast.parser import parse_sql_json
+from pglast.stream import RawStream
 from sqlglot import exp
 from sqlglot.errors import SqlglotError
 from sqlglot.optimizer.qualify import qualify
@@ -93,6 +95,7 @@ __all__ = [
     "LineageCache",
     "LineageUnresolved",
     "OutputColumn",
+    "explained_statement",
     "trace",
 ]
 
@@ -1997,6 +2000,20 @@ def _trace_in(sql: str, inspection: SqlInspection | None, ctx: _Ctx) -> Lineage:
         referenced_columns=frozenset(ctx.referenced - {_COMPUTED}),
         relations=frozenset(ctx.relations),
     )
+
+
+def explained_statement(sql: str) -> str:
+    """The statement one `EXPLAIN` explains, as SQL text (pglast's deparser), so that its
+    predicates can be traced; `LineageUnresolved` when `sql` is not exactly one EXPLAIN."""
+    try:
+        stmts = pglast.parse_sql(sql)
+        if len(stmts) != 1 or not isinstance(stmts[0].stmt, pglast.ast.ExplainStmt):
+            raise _refuse("not a single EXPLAIN statement")
+        return str(RawStream()(stmts[0].stmt.query))
+    except LineageUnresolved:
+        raise
+    except Exception as exc:  # fail closed: a statement we cannot read back is refused
+        raise _refuse(f"the explained statement cannot be read: {type(exc).__name__}") from None
 
 
 def trace(sql: str, catalog: Catalog, *, inspection: SqlInspection | None = None) -> Lineage:

@@ -15,7 +15,7 @@ from mcp_gate.calls import Principal, ToolCall
 from mcp_gate.config import ConnectionSettings
 from mcp_gate.gateway.upstream import Estimate
 from mcp_gate.inspect.catalog import CatalogCache, CatalogError
-from mcp_gate.inspect.lineage import LineageCache, LineageUnresolved
+from mcp_gate.inspect.lineage import LineageCache, LineageUnresolved, explained_statement
 from mcp_gate.inspect.model import Inspection, Risk, SqlKind
 from mcp_gate.mask.apply import mask_result
 from mcp_gate.mask.messages import withhold_values
@@ -265,11 +265,20 @@ class BuiltinSql:
         conn = self.connections.get(call.connection or "")
         if call.tool not in TRACED_TOOLS or sql is None or conn is None or conn.catalog is None:
             return inspection
-        if sql.statement_count != 1 or sql.kind not in TRACED_KINDS:
+        if sql.statement_count != 1:
+            return inspection
+        # `EXPLAIN <query>` run through sql_query: the plan holds no values, but its row
+        # estimates answer the explained query's predicates, so those are traced
+        explained = sql.kind is SqlKind.EXPLAIN and call.tool == "sql_query"
+        if sql.kind not in TRACED_KINDS and not explained:
             return inspection
         try:
             catalog = await conn.catalog.get()
-            lineage = self._lineage.trace(sql.text, catalog, inspection=sql)
+            if explained:
+                inner = explained_statement(sql.text)
+                lineage = self._lineage.trace(inner, catalog)
+            else:
+                lineage = self._lineage.trace(sql.text, catalog, inspection=sql)
         except LineageUnresolved as exc:
             return replace(
                 inspection,
@@ -286,6 +295,8 @@ class BuiltinSql:
         risks = set(inspection.extra_risks)
         if plan.masked_columns(lineage.predicate_columns, principal):
             risks.add(str(Risk.SENSITIVE_PREDICATE))
+        if explained:  # its output is a plan, not the explained query's columns
+            return replace(inspection, extra_risks=frozenset(risks))
         return replace(
             inspection,
             lineage=lineage,
