@@ -105,33 +105,38 @@ async def _sustained(path: Path, producers: int, events: int, max_batch: int) ->
     return each * producers / elapsed
 
 
-def _median_rate(opts: Options, max_batch: int, events: int) -> float:
+def _median_rate(opts: Options, max_batch: int, events: int, producers: int) -> float:
     rates = []
     for run in range(opts.repeat):
         with tempfile.TemporaryDirectory(prefix="mcp-gate-bench-audit-") as folder:
             path = Path(folder) / f"gate-{run}.db"
-            rates.append(asyncio.run(_sustained(path, opts.producers, events, max_batch)))
+            rates.append(asyncio.run(_sustained(path, producers, events, max_batch)))
     return statistics.median(rates)
 
 
 def group_commit(opts: Options) -> Result:
     """SQLite store throughput with group commit vs one commit per event."""
-    # The baseline is far slower: fewer events keep its runs short (a rate, not a total).
-    base = _median_rate(opts, max_batch=1, events=max(opts.producers, opts.events // 4))
-    grouped = _median_rate(opts, max_batch=2000, events=opts.events)
+    n = opts.producers
+    # The baseline is far slower: fewer events keep its runs short (it is a rate).
+    base = _median_rate(opts, 1, max(n, opts.events // 20), n)
+    grouped = _median_rate(opts, 2000, opts.events, n)
+    wider = _median_rate(opts, 2000, opts.events, 4 * n)
     verdict = "meets" if grouped >= TARGET else "MISSES"
     lines = [
-        f"SQLite store (WAL, synchronous=FULL), {opts.producers} concurrent producers each "
-        "appending single ~600-byte events and awaiting each commit; median of "
-        f"{opts.repeat} runs, {opts.events:,} events per group-commit run.",
+        f"SQLite store (WAL, synchronous=FULL), concurrent producers each appending single "
+        "~600-byte events and awaiting each commit (a commit holds what every waiting "
+        f"producer queued, so the rate is producers ÷ commit latency); median of {opts.repeat} "
+        f"runs, {opts.events:,} events per group-commit run.",
         "",
-        "| store | events/s | vs the baseline |",
-        "|---|---:|---:|",
-        f"| baseline: one commit per event (`max_batch=1`) | {base:,.0f} | 1.00× |",
-        f"| group commit (the store as the gateway uses it) | {grouped:,.0f} | "
+        "| store | producers | events/s | vs the baseline |",
+        "|---|---:|---:|---:|",
+        f"| baseline: one commit per event (`max_batch=1`) | {n} | {base:,.0f} | 1.00× |",
+        f"| group commit (the store as the gateway uses it) | {n} | {grouped:,.0f} | "
         f"{grouped / base:.2f}× |",
+        f"| group commit | {4 * n} | {wider:,.0f} | {wider / base:.2f}× |",
     ]
-    return Result(lines, f"group commit: {grouped:,.0f} events/s ({verdict} ≥ {TARGET:,.0f})")
+    summary = f"group commit, {n} producers: {grouped:,.0f} events/s ({verdict} ≥ {TARGET:,.0f})"
+    return Result(lines, summary)
 
 
 def recording_overhead(opts: Options) -> Result | None:
