@@ -160,6 +160,8 @@ class ApprovalsApp(App[None]):
         self.connection = "connecting"
         self.filter_text = ""
         self.selected_id: str | None = None
+        #: Who the token says we are (from the event stream's `ready`).
+        self.subject: str | None = None
         self._listed_once = False
         self._status_message = ""
         self._detail_id: str | None = None
@@ -253,7 +255,7 @@ class ApprovalsApp(App[None]):
             sql.update("")
             self._detail_id, self._detail_version = None, None
             return
-        summary.update(view.summary(approval, time.time()))
+        summary.update(view.summary(approval, time.time(), self.subject))
         # The SQL pane only changes with the request; the summary ticks every second.
         if self._detail_id != approval.id or self._detail_version != approval:
             sql.update(view.sql_view(approval))
@@ -267,13 +269,20 @@ class ApprovalsApp(App[None]):
                 table.update_cell(approval.id, "age", view.row_of(approval, now).age)
         if self.selected_id in self.approvals:
             self.query_one("#summary", Static).update(
-                view.summary(self.approvals[self.selected_id], now)
+                view.summary(self.approvals[self.selected_id], now, self.subject)
             )
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
-        """Selecting a row shows its request."""
-        self.selected_id = event.row_key.value
-        self._show_detail()
+        """Selecting a row shows its request.
+
+        The table's cursor now, not the event's row, says which: a rebuild posts events for
+        intermediate rows, and a key pressed between two of them must act on the request
+        the pane shows.
+        """
+        table = self._table()
+        if 0 <= table.cursor_row < table.row_count:
+            self.selected_id = table.ordered_rows[table.cursor_row].key.value
+            self._show_detail()
 
     # -- keys -----------------------------------------------------------------------------
 
@@ -439,6 +448,8 @@ class ApprovalsApp(App[None]):
             try:
                 async for event in self.client.events():
                     if event.event == "ready":
+                        if isinstance(event.data, dict):
+                            self.subject = event.data.get("subject")
                         await self._relist()
                         self._set_connection("live", f"live: {self.base_url}")
                         delay = BACKOFF_MIN

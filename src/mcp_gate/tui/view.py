@@ -185,9 +185,10 @@ def _votes(approval: ApprovalRequest) -> Text:
     return text
 
 
-def summary(approval: ApprovalRequest, now: float) -> RenderableType:
+def summary(approval: ApprovalRequest, now: float, me: str | None = None) -> RenderableType:
     """Everything about the request but its SQL: who, where, why, tables, estimate,
-    justification, approvers and votes, and the (ticking) expiry."""
+    justification, approvers and votes, and the (ticking) expiry. `me` is the approver's
+    own subject: their own requests say so (nobody decides their own)."""
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold cyan", no_wrap=True)
     grid.add_column()
@@ -200,6 +201,8 @@ def summary(approval: ApprovalRequest, now: float) -> RenderableType:
         who.append(f"  groups {', '.join(sorted(approval.principal.groups))}")
     if approval.principal.client_id:
         who.append(f"  client {visible(approval.principal.client_id)}")
+    if me is not None and approval.principal.subject == me:
+        who.append("  (you: nobody may decide their own request)", style="yellow")
     grid.add_row("requester", who)
     grid.add_row(
         "call", Text(visible(f"{approval.tool} @ {approval.target}  ({kind_of(approval)})"))
