@@ -77,7 +77,9 @@ def stores(request: pytest.FixtureRequest, tmp_path: Path) -> Stores:
 @pytest.fixture
 def pg_stores(module_db: TestDatabase) -> Stores:
     dsn = pg_schema_dsn(module_db)
-    return lambda: PostgresApprovalStore(dsn)
+    # Two pooled connections from the start: the outage tests refuse new connections for a
+    # while, and a background read must not need to open one then.
+    return lambda: PostgresApprovalStore(dsn, min_size=2)
 
 
 @contextlib.asynccontextmanager
@@ -966,6 +968,7 @@ async def test_pg_feed_reconnects_and_waiters_reread_what_they_missed(
         async with anyio.create_task_group() as tg:
             tg.start_soon(waiter)
             await wait_for(lambda: a.notifier.waiting == 1)
+            await anyio.sleep(0.2)  # past its first read of the store: blocked on its watch
             # Cut A's LISTEN connection and keep it from coming back while B decides: the
             # notification of that decision is lost for A.
             admin_execute(
