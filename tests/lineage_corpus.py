@@ -533,6 +533,16 @@ CORPUS: tuple[Case, ...] = (
     ok(SO, "VALUES ('a') UNION SELECT email FROM users", 1, {0}, pred=True),
     ok(SO, "SELECT id, name FROM users UNION ALL SELECT id, name FROM users ORDER BY name", 2, ()),
     ok(SO, 'SELECT "Email" FROM users INTERSECT ALL SELECT name FROM users', 1, {0}, pred=True),
+    # comparing set operations and DISTINCT are equality oracles on a chosen value
+    ok(SO, "SELECT ssn FROM users WHERE id = 1 UNION SELECT '123-45-6789'", 1, {0}, pred=True),
+    ok(SO, "SELECT ssn FROM users INTERSECT SELECT '123-45-6789'", 1, {0}, pred=True),
+    ok(
+        SO,
+        "SELECT DISTINCT s FROM (SELECT ssn FROM users UNION ALL SELECT 'x') t(s)",
+        1,
+        {0},
+        pred=True,
+    ),
     # ------------------------------------------------------------------ joins
     ok(
         JO,
@@ -980,6 +990,24 @@ CORPUS: tuple[Case, ...] = (
         note="a derived table's count is clean; its WHERE is an inference predicate",
     ),
     ok(LT, "SELECT * FROM generate_series(1, 3) AS g(n)", 1, ()),
+    # set-returning functions decide how many rows come back: their arguments are predicates
+    ok(LT, "SELECT id, regexp_matches(ssn, '^1') FROM users", 2, {1}, pred=True),
+    ok(
+        LT,
+        "SELECT u.id FROM users u, generate_series(1, CASE WHEN u.ssn LIKE '1%' THEN 1 "
+        "ELSE 0 END) g",
+        1,
+        (),
+        pred=True,
+    ),
+    ok(
+        LT,
+        "SELECT id, jsonb_array_elements_text(CASE WHEN email LIKE 'a%' THEN '[1]' "
+        "ELSE '[]' END::jsonb) FROM users",
+        2,
+        {1},
+        pred=True,
+    ),
     ok(
         LT,
         "SELECT * FROM users u, LATERAL jsonb_each_text(to_jsonb(u)) kv",

@@ -37,6 +37,7 @@ from mcp_gate.inspect.lineage import (
     LineageCache,
     LineageUnresolved,
     OutputColumn,
+    explained_statement,
     trace,
 )
 from mcp_gate.inspect.sql import inspect_sql
@@ -621,3 +622,12 @@ def test_catalog_is_immutable() -> None:
     with pytest.raises(AttributeError):
         cat.version = 5  # type: ignore[misc]
     assert cat.resolve("users", "public") is USERS and len(cat) == 1 and USERS in list(cat)
+
+
+def test_explained_statement_is_read_back_for_its_predicates(catalog: Catalog) -> None:
+    inner = explained_statement("EXPLAIN (VERBOSE, FORMAT JSON) SELECT id FROM users "
+                                "WHERE \"Email\" < 'b' ORDER BY ssn")  # fmt: skip
+    assert trace(inner, catalog).predicate_columns >= {"public.users.Email", "public.users.ssn"}
+    for bad in ("SELECT 1", "EXPLAIN SELECT 1; EXPLAIN SELECT 2", "EXPLAIN (", ""):
+        with pytest.raises(LineageUnresolved):
+            explained_statement(bad)
