@@ -328,6 +328,68 @@ _WRITER = textwrap.dedent(
 )
 
 
+_APPENDER = textwrap.dedent(
+    """
+    import asyncio, sys
+    from mcp_gate.audit import AuditEvent, EventKind, SqliteAuditStore
+
+    async def main():
+        store = SqliteAuditStore(sys.argv[1])
+        await store.open()
+        async def one(i):
+            for j in range(60):
+                ev = AuditEvent(f"{sys.argv[2]}{i}", EventKind.MESSAGE, 1.0, data={"j": j})
+                await store.append([ev, ev])
+        await asyncio.gather(*(one(i) for i in range(4)))
+        await store.close()
+
+    asyncio.run(main())
+    """
+)
+
+
+@pytest.mark.anyio
+async def test_two_processes_on_one_file_build_one_chain(tmp_path: Path) -> None:
+    path = tmp_path / "gate.db"
+    store = SqliteAuditStore(path)
+    await store.open()  # create the schema first: both writers then race on appends only
+    await store.close()
+    procs = [
+        await asyncio.create_subprocess_exec(sys.executable, "-c", _APPENDER, str(path), tag)
+        for tag in ("a", "b")
+    ]
+    assert [await p.wait() for p in procs] == [0, 0]
+    store = SqliteAuditStore(path)
+    await store.open()
+    try:
+        events = await store.events()
+        assert [e.seq for e in events] == list(range(1, 2 * 4 * 60 * 2 + 1))
+        for first, second in zip(events[::2], events[1::2], strict=True):
+            assert first.event.session_id == second.event.session_id  # pairs stay together
+        assert {e.event.session_id[0] for e in events} == {"a", "b"}
+        assert (await chain.verify(store, {})).ok
+    finally:
+        await store.close()
+
+
+@pytest.mark.anyio
+async def test_maintain_checkpoints_and_prunes(store: AuditStore, tmp_path: Path) -> None:
+    key = chain.load_signing_key(tmp_path / "data")
+    await store.append(transcript("old", t=time.time() - 3600))
+    clock = time.time
+    task = asyncio.ensure_future(
+        chain.maintain(store, key, checkpoint_every=0.05, retain=600, clock=clock)
+    )
+    try:
+        async with asyncio.timeout(20):
+            while await store.session("old") is not None:
+                await asyncio.sleep(0.05)
+    finally:
+        task.cancel()
+    report = await chain.verify(store, chain.public_keys(tmp_path / "data"))
+    assert report.ok and report.checkpoints >= 1 and report.first_seq == 9, report
+
+
 @pytest.mark.anyio
 async def test_sigkill_mid_load_loses_no_committed_event(tmp_path: Path) -> None:
     path = tmp_path / "gate.db"
