@@ -61,6 +61,10 @@ decision = "deny"
 [[mask]]
 detect = ["email"]
 strategy = "redact"
+
+[[mask]]
+columns = ["*.body"]
+strategy = "redact"
 """
 
 ALICE = Principal("alice", frozenset({"developers"}))
@@ -250,6 +254,19 @@ async def test_explain_failure_fails_closed(gateway: Gateway) -> None:
         assert 'rule "bulk export"' in text and "EXPLAIN failed" in text
     # PostgreSQL quotes the bad value; the detectors still run over the reason.
     assert "ann@example.com" not in text_of(bad) and "invalid input syntax" in text_of(bad)
+
+
+@pytest.mark.anyio
+async def test_explain_failure_on_masked_columns_withholds_values(gateway: Gateway) -> None:
+    """Nine bare digits are no detector's shape: for a statement reading a masked column, the
+    reason keeps only the database message's wording, as a failed query's would."""
+    async with gateway.client(gateway.token("agent", "developers"), "legacy") as client:
+        result = await client.call_tool(
+            "sql_query", {"sql": "SELECT body FROM events WHERE id = '123456789x'"}
+        )
+    text = text_of(result)
+    assert result.is_error and verdict(result)["reasons"][0] == "estimated_rows_unknown", text
+    assert "123456789" not in text and "withheld" in text
 
 
 @pytest.mark.anyio

@@ -314,6 +314,7 @@ class BuiltinSql:
         if call.tool not in ("sql_query", "sql_explain") or sql is None or conn is None:
             return Estimate(None, "only the SQL tools' statements have a row estimate")
         params = call.arguments.get("params")
+        lineage = inspection.lineage
         estimate = await estimate_rows(
             sql,
             params if isinstance(params, list) else None,
@@ -322,6 +323,8 @@ class BuiltinSql:
             connection=conn.name,
             statement_timeout_ms=conn.statement_timeout_ms,
             lock_timeout_ms=conn.lock_timeout_ms,
+            withhold=lineage is not None
+            and bool(self.masking.plan().masked_columns(lineage.referenced_columns, principal)),
         )
         if estimate.problem is None:
             return estimate

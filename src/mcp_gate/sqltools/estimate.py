@@ -14,6 +14,7 @@ from typing import Any
 
 from mcp_gate.gateway.upstream import Estimate
 from mcp_gate.inspect.model import SqlInspection, SqlKind
+from mcp_gate.mask.messages import withhold_values
 from mcp_gate.sqltools import execute
 from mcp_gate.sqltools.errors import SqlToolError
 
@@ -32,8 +33,13 @@ async def estimate_rows(
     connection: str,
     statement_timeout_ms: int,
     lock_timeout_ms: int,
+    withhold: bool = False,
 ) -> Estimate:
-    """The rows `sql` would return (reads) or insert/update/delete (DML), per the planner."""
+    """The rows `sql` would return (reads) or insert/update/delete (DML), per the planner.
+
+    `withhold`: the statement reads masked columns, so a failure's database message keeps
+    only its wording (`mask.messages.withhold_values`), as a failed query's would.
+    """
     if sql.statement_count != 1 or sql.kind not in EXPLAINABLE:
         return Estimate(None, f"PostgreSQL does not estimate {sql.kind} statements")
     pool = read_pool if sql.kind is SqlKind.SELECT else write_pool
@@ -48,6 +54,13 @@ async def estimate_rows(
             lock_timeout_ms=lock_timeout_ms,
             idle_timeout_ms=statement_timeout_ms + 5000,
         )
-    except (SqlToolError, ValueError) as exc:
+    except SqlToolError as exc:
+        if withhold:
+            message = withhold_values(
+                getattr(exc, "message", str(exc)), getattr(exc, "sqlstate", None)
+            )
+            return Estimate(None, f"EXPLAIN failed: {message}")
+        return Estimate(None, f"EXPLAIN failed: {exc}")
+    except ValueError as exc:  # invalid limits: a configuration problem, no agent values
         return Estimate(None, f"EXPLAIN failed: {exc}")
     return Estimate(int(plan["estimated_rows"]))
