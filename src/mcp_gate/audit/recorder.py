@@ -15,12 +15,14 @@ Sessions:
 
 Transcript events (every JSON-RPC message in and out, session start and end, approval
 lifecycle) are queued without waiting; one writer task takes everything queued, redacts it
-(`redact.Redactor`) and appends it to the store in one group commit. A `decision` event goes
-through the same queue, in order, and its caller waits for the commit: nothing runs before its
-decision is durable. When the store cannot commit, waiting callers get the refusal text (they
-fail closed), transcript events are kept (up to `backlog`) and written ahead of the next
-decision once the store is back, so a decision is never committed over a hole it could have
-filled; what overflows the backlog is counted as lost and noted in the chain.
+(`redact.Redactor`) and appends it to the store in one group commit. Transcript-only events
+linger up to `linger` (50 ms) to share a commit; a waiting decision is committed at once.
+A `decision` event goes through the same queue, in order, and its caller waits for the
+commit: nothing runs before its decision is durable. When the store cannot commit, waiting
+callers get the refusal text (they fail closed), transcript events are kept (up to
+`backlog`) and written ahead of the next decision once the store is back, so a decision is
+never committed over a hole it could have filled; what overflows the backlog is counted as
+lost and noted in the chain.
 """
 
 from __future__ import annotations
@@ -115,6 +117,8 @@ class Recorder:
         session_idle: float | None = 30 * 60,
         logical_idle: float = 30 * 60,
         backlog: int = 50_000,
+        linger: float = 0.05,
+        linger_events: int = 500,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
@@ -122,10 +126,14 @@ class Recorder:
         self.session_idle = session_idle
         self.logical_idle = logical_idle
         self.backlog = backlog
+        self.linger = linger  # how long transcript-only events wait to share a commit
+        self.linger_events = linger_events  # … unless this many are queued
         self.clock = clock
         self._queue: deque[_Queued] = deque()
         self._retry: deque[_Queued] = deque()  # transcript events a failed commit kept
         self._wake: asyncio.Event | None = None
+        self._urgent: asyncio.Event | None = None  # set when a caller waits for a commit
+        self._waiting = 0  # queued events whose caller waits for their commit
         self._sessions: dict[str, _Session] = {}
         self._logical: dict[tuple[Any, ...], _Session] = {}
         self._mcp_sessions: dict[str, str] = {}  # Mcp-Session-Id → audit session id
@@ -148,6 +156,7 @@ class Recorder:
         """Start the writer task (on the loop that will use the recorder)."""
         if self._task is None:
             self._wake = asyncio.Event()
+            self._urgent = asyncio.Event()
             self._task = asyncio.get_running_loop().create_task(
                 self._writer(), name="mcp-gate audit writer"
             )
@@ -159,6 +168,8 @@ class Recorder:
         self._closing = True
         for session in list(self._sessions.values()):
             self.end_session(session.id, "shutdown")
+        if self._urgent is not None:
+            self._urgent.set()  # no lingering on the way out
         if self._task is not None:
             with anyio.CancelScope(shield=True), anyio.move_on_after(5.0):
                 await self.flush()
@@ -452,11 +463,15 @@ class Recorder:
 
     def _enqueue(self, event: AuditEvent, done: asyncio.Future[None] | None = None) -> None:
         self._queue.append(_Queued(event, done))
+        if done is not None:
+            self._waiting += 1
+            if self._urgent is not None:
+                self._urgent.set()
         if self._wake is not None:
             self._wake.set()
 
     async def _writer(self) -> None:
-        assert self._wake is not None
+        assert self._wake is not None and self._urgent is not None
         while True:
             if not self._queue and not self._retry:
                 self._wake.clear()
@@ -466,6 +481,13 @@ class Recorder:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), 1.0)
+            if not self._waiting and not self._closing and len(self._queue) < self.linger_events:
+                # Nobody waits for these: let more gather (one fsync for many messages, and a
+                # decision seldom finds the disk busy with a transcript-only commit). A
+                # decision cuts the wait short.
+                self._urgent.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._urgent.wait(), self.linger)
             await self._commit_once()
 
     async def _commit_once(self) -> None:
@@ -473,6 +495,7 @@ class Recorder:
         self._retry.clear()
         batch.extend(self._queue)
         self._queue.clear()
+        self._waiting = 0
         if not batch:
             return
         self._committing = True
