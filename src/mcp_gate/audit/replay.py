@@ -177,6 +177,14 @@ class Timeline:
             return head
         if result.get("isError"):
             head.append(" error", style="bold red")
+        if result.get("resultType") == "input_required":
+            asked = result.get("inputRequests") or {}
+            head.append(f" input required ({len(asked)} request(s))", style="bold yellow")
+        if isinstance(result.get("action"), str):  # the client's answer to an elicitation
+            head.append(f" {result['action']}", style="bold")
+            content = result.get("content")
+            if isinstance(content, dict) and content:
+                return Group(head, _indent(Text(compact(content), style="dim")))
         if ev.method == "tools/call" or "content" in result:
             return Group(head, *self._result(result))
         return head
