@@ -270,7 +270,9 @@ class PostgresAuditStore(AuditStore):
 
     def _require(self) -> asyncpg.Pool:
         if self._pool is None or self._closed:
-            raise AuditUnavailable("the audit store is closed")
+            raise AuditUnavailable(
+                "the audit store is closed" if self._closed else "the audit store is not open"
+            )
         return self._pool
 
     @contextlib.asynccontextmanager

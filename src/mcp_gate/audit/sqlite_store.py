@@ -370,7 +370,9 @@ class SqliteAuditStore(AuditStore):
     def _enqueue(self, item: _Append | _Job) -> None:
         with self._lock:
             if self._closed or self._writer is None:
-                raise AuditUnavailable("the audit store is closed")
+                raise AuditUnavailable(
+                    "the audit store is closed" if self._closed else "the audit store is not open"
+                )
             self._queue.put(item)
 
     # -- reads ------------------------------------------------------------------------------
