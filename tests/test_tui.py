@@ -89,6 +89,7 @@ def test_sql_pane_always_shows_the_original_text() -> None:
     sql = "delete from orders /* keep: ticket 7 */ where id in (1,2)"
     pane = render(view.sql_view(request(sql)))
     assert "SQL, pretty-printed" in pane and "SQL exactly as it will run" in pane
+    assert pane.index("exactly as it will run") < pane.index("pretty-printed")  # what runs first
     assert "DELETE FROM orders" in pane  # pglast's pretty form
     assert sql in pane  # and the original, comment included
     broken = "DELETE FROM orders WHERE id = = 1"

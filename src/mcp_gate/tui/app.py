@@ -45,6 +45,7 @@ HELP = """\
               Escape cancels
   [b]/[/b]           filter by requester, target, SQL, status or id; Enter keeps the filter,
               Escape clears it
+  [b]Tab[/b]         switch between the queue and the details (arrows scroll them)
   [b]?[/b]           this help
   [b]q[/b]           quit
 

@@ -252,12 +252,13 @@ def sql_view(approval: ApprovalRequest) -> RenderableType:
         return Group(note, exact)
     if pretty.strip() == approval.sql.strip():
         return exact
+    # What will run comes first: the pretty form is a reading aid below it.
     return Group(
+        exact,
         Panel(
             Syntax(visible(pretty), "postgresql", word_wrap=True, theme="ansi_dark"),
             title="SQL, pretty-printed",
             title_align="left",
             border_style="cyan",
         ),
-        exact,
     )
