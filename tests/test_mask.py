@@ -9,6 +9,7 @@ import json
 import uuid
 
 import pytest
+from mcp import types
 
 from mcp_gate.calls import Principal
 from mcp_gate.mask import (
@@ -21,6 +22,7 @@ from mcp_gate.mask import (
     partial,
     redact,
     redact_text,
+    scan_tool_result,
     scan_tool_result_text,
     scan_value,
     strictest,
@@ -476,6 +478,56 @@ def test_scan_tool_result_text_json_and_plain() -> None:
         "key [MASKED] for a***@example.com, ssn [MASKED]"
     )
     assert scan_tool_result_text("not [json", dets, KEY) == "not [json"
+
+
+def test_scan_tool_result_text_nested_json_and_escapes() -> None:
+    dets = [("email", "redact"), ("credit_card", "partial"), ("us_ssn", "redact")]
+    # JSON text holding JSON text, an escaped "@", a card as a JSON number, keys as labels
+    inner = json.dumps({"ssn": "123456789", "to": "bob@example.org"}).replace("@", "\\u0040")
+    doc = json.dumps({"rows": [[1, "a@example.com", 4111111111111111]], "raw": inner})
+    out = json.loads(scan_tool_result_text(doc, dets, KEY))
+    assert out["rows"] == [[1, MASKED, "************1111"]]
+    assert "123456789" not in out["raw"] and "bob" not in out["raw"]
+    # a JSON value hit by a `null` detector becomes null; in free text the span is redacted
+    assert json.loads(scan_tool_result_text('{"s": "123-45-6789"}', [("us_ssn", "null")])) == {
+        "s": None
+    }
+    assert scan_tool_result_text("ssn 123-45-6789.", [("us_ssn", "null")]) == "ssn [MASKED]."
+
+
+def test_scan_tool_result_masks_text_resources_and_structured_content() -> None:
+    """A whole upstream tool result, as a wrapped server would return it."""
+    dets = [("email", "redact"), ("us_ssn", "null"), ("aws_access_key", "redact")]
+    picture = types.ImageContent(type="image", data="aGVsbG8=", mime_type="image/png")
+    result = types.CallToolResult(
+        content=[
+            types.TextContent(type="text", text='{"user": {"email": "a@example.com"}}'),
+            types.TextContent(type="text", text="key AKIAIOSFODNN7EXAMPLE, ssn 123-45-6789"),
+            types.EmbeddedResource(
+                type="resource",
+                resource=types.TextResourceContents(
+                    uri="file:///export.csv", text="id,email\n1,bob@example.org\n"
+                ),
+            ),
+            picture,
+            types.TextContent(type="text", text="nothing to see"),
+        ],
+        structured_content={"users": [{"email": "a@example.com", "ids": [{"ssn": "123456789"}]}]},
+    )
+    out = scan_tool_result(result, dets, KEY)
+    texts = [getattr(c, "text", None) for c in out.content]
+    assert json.loads(texts[0]) == {"user": {"email": MASKED}}
+    assert texts[1] == "key [MASKED], ssn [MASKED]"
+    assert out.content[2].resource.text == "id,email\n1,[MASKED]\n"
+    assert out.content[3] is picture and texts[4] == "nothing to see"
+    assert out.structured_content == {"users": [{"email": MASKED, "ids": [{"ssn": None}]}]}
+    dumped = out.model_dump_json()
+    for value in ("a@example.com", "bob@example.org", "123-45-6789", "123456789", "AKIAIOSF"):
+        assert value not in dumped
+    assert result.content[0].text.endswith('"a@example.com"}}')  # the input is not changed
+    clean = types.CallToolResult(content=[types.TextContent(type="text", text="ok")])
+    assert scan_tool_result(clean, dets, KEY) is clean
+    assert scan_tool_result(result, [], KEY) is result
 
 
 def test_mask_result_cells_are_judged_alone() -> None:

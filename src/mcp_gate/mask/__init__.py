@@ -5,10 +5,17 @@ query results by output position.
 - `detectors`: email, credit_card, us_ssn, iban, aws_access_key, jwt, private_key spans.
 - `scan`: detectors with strategies over text and JSON-like values.
 - `rules`: `MaskPlan`, the `[[mask]]` list compiled once.
-- `apply`: `mask_rows`, `mask_result`, `scan_tool_result_text`.
+- `apply`: `mask_rows`, `mask_result`, `scan_tool_result` and `scan_tool_result_text`
+  (upstream tool results).
 """
 
-from .apply import is_composite_type, mask_result, mask_rows, scan_tool_result_text
+from .apply import (
+    is_composite_type,
+    mask_result,
+    mask_rows,
+    scan_tool_result,
+    scan_tool_result_text,
+)
 from .detectors import DETECTORS, Span, SpanFinder, find_spans
 from .rules import MaskPlan, MaskReason
 from .scan import DetectorStrategies, Scanner, redact_text, scan_value, scanner
@@ -41,6 +48,7 @@ __all__ = [
     "partial",
     "redact",
     "redact_text",
+    "scan_tool_result",
     "scan_tool_result_text",
     "scan_value",
     "scanner",

@@ -27,6 +27,8 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from mcp import types
+
 from mcp_gate.sqltools.model import QueryResult
 
 from .detectors import Span
@@ -255,9 +257,52 @@ def scan_tool_result_text(
     return out
 
 
+def scan_tool_result(
+    result: types.CallToolResult,
+    detectors: DetectorStrategies | Scanner,
+    hash_key: bytes | None = None,
+) -> types.CallToolResult:
+    """A tool result with the detectors applied to everything it carries as text: every
+    `TextContent` and the text of every embedded text resource (`scan_tool_result_text`:
+    JSON text parsed and walked, other text as free text), and the structured content
+    walked as JSON (`scan_value`). Images, audio, blobs and links are kept as they are.
+    Returns `result` itself when nothing was found. Ready for wrapped upstream servers."""
+    sc = scanner(detectors, hash_key)
+    if not sc:
+        return result
+    content: list[types.ContentBlock] = []
+    changed = False
+    for block in result.content:
+        new = block
+        if isinstance(block, types.TextContent):
+            text = scan_tool_result_text(block.text, sc)
+            if text is not block.text:
+                new = block.model_copy(update={"text": text})
+        elif isinstance(block, types.EmbeddedResource) and isinstance(
+            block.resource, types.TextResourceContents
+        ):
+            text = scan_tool_result_text(block.resource.text, sc)
+            if text is not block.resource.text:
+                resource = block.resource.model_copy(update={"text": text})
+                new = block.model_copy(update={"resource": resource})
+        changed = changed or new is not block
+        content.append(new)
+    structured = result.structured_content
+    if structured is not None:
+        scanned = sc.scan_value(structured)
+        if scanned is not structured:
+            # a `null` detector may turn a whole string into None: still a JSON object
+            structured = scanned if isinstance(scanned, dict) else {}
+            changed = True
+    if not changed:
+        return result
+    return result.model_copy(update={"content": content, "structured_content": structured})
+
+
 __all__ = [
     "is_composite_type",
     "mask_result",
     "mask_rows",
+    "scan_tool_result",
     "scan_tool_result_text",
 ]

@@ -17,7 +17,7 @@ from mcp_gate.gateway.upstream import Estimate
 from mcp_gate.inspect.catalog import CatalogCache, CatalogError
 from mcp_gate.inspect.lineage import LineageCache, LineageUnresolved, explained_statement
 from mcp_gate.inspect.model import Inspection, Risk, SqlKind
-from mcp_gate.mask.apply import mask_result
+from mcp_gate.mask.apply import mask_result, scan_tool_result
 from mcp_gate.mask.messages import withhold_values
 from mcp_gate.mask.rules import MaskPlan
 from mcp_gate.mask.scan import scan_value
@@ -358,14 +358,10 @@ class BuiltinSql:
     def _scrub_result(
         self, result: types.CallToolResult, principal: Principal
     ) -> types.CallToolResult:
-        content = [
-            c.model_copy(update={"text": self.masking.scrub(c.text, principal)})
-            if isinstance(c, types.TextContent)
-            else c
-            for c in result.content
-        ]
-        structured = self.masking.scrub(result.structured_content, principal)
-        return result.model_copy(update={"content": content, "structured_content": structured})
+        detectors = self.masking.detectors(principal)
+        if not detectors:
+            return result
+        return scan_tool_result(result, detectors, self.masking.hash_key)
 
     # -- the tools -------------------------------------------------------------------------
     async def _query(
