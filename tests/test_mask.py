@@ -545,3 +545,17 @@ def test_mask_result_cells_are_judged_alone() -> None:
         ("x", "123456789"),
         (f"ssn: {MASKED}", "y"),
     ]
+
+
+def test_gateway_messages_keep_their_text_under_a_null_detector() -> None:
+    """Error text and tool output pass the detectors; a `null` detector redacts a span in a
+    message (a message cannot become None) and nulls a JSON value."""
+    from mcp_gate.sqltools.builtin import Masking
+
+    rules = [MaskRule.model_validate({"detect": ["us_ssn"], "strategy": "null"})]
+    masking = Masking(lambda: MaskPlan(rules), KEY)
+    message = 'mcp-gate: invalid input syntax for type integer: "123-45-6789"'
+    assert masking.scrub(message, ALICE) == (
+        'mcp-gate: invalid input syntax for type integer: "[MASKED]"'
+    )
+    assert masking.scrub({"ssn": "123-45-6789", "n": 1}, ALICE) == {"ssn": None, "n": 1}

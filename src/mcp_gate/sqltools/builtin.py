@@ -17,7 +17,7 @@ from mcp_gate.gateway.upstream import Estimate
 from mcp_gate.inspect.catalog import CatalogCache, CatalogError
 from mcp_gate.inspect.lineage import LineageCache, LineageUnresolved, explained_statement
 from mcp_gate.inspect.model import Inspection, Risk, SqlKind
-from mcp_gate.mask.apply import mask_result, scan_tool_result
+from mcp_gate.mask.apply import mask_result, scan_tool_result, scan_tool_result_text
 from mcp_gate.mask.messages import withhold_values
 from mcp_gate.mask.rules import MaskPlan
 from mcp_gate.mask.scan import scan_value
@@ -83,6 +83,8 @@ class Masking:
         detectors = self.detectors(principal)
         if not detectors:
             return value
+        if isinstance(value, str):  # a message: a `null` span is redacted, never None
+            return scan_tool_result_text(value, detectors, self.hash_key)
         return scan_value(value, detectors, hash_key=self.hash_key)
 
 
