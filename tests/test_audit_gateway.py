@@ -581,3 +581,52 @@ async def test_replay_verify_export_then_a_hand_edit_is_caught(gateway: Gateway,
     broken = cli(gateway, "audit", "verify")
     assert broken.returncode == 1, broken.stdout + broken.stderr
     assert str(decision.seq) in broken.stdout + broken.stderr
+
+
+# -- the redactor on its own ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "gone"),
+    [
+        ("SELECT 'postgresql://u:hunter2@h/db'", "hunter2"),
+        ("postgres://app:p@ss:w0rd@db.internal:5432/x", "p@ss:w0rd"),
+        ("host=db user=u password='it''s secret' dbname=x", "it''s secret"),
+        ("https://h/x?user=u&password=hunter2&sslmode=require", "hunter2"),
+        ("Authorization: Bearer abc.def-ghi", "abc.def-ghi"),
+        (f"key id {AWS_KEY} here", AWS_KEY),
+        ("aws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", "wJalrXUtnFEMI"),
+        ("-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBg\n-----END PRIVATE KEY-----", "MIIEvQ"),
+        ("my db password is s3cr3t-value!", "s3cr3t-value!"),
+    ],
+)
+def test_redactor_replaces_secrets(text: str, gone: str):
+    from mcp_gate.audit.redact import Redactor
+
+    redactor = Redactor(["s3cr3t-value!"])
+    for value in (text, {"message": {"params": {"arguments": {"sql": text}}}}, [text]):
+        out = json.dumps(redactor.value(value))
+        assert gone not in out and "[REDACTED]" in out, out
+
+
+def test_redactor_leaves_ordinary_payloads_alone():
+    from mcp_gate.audit.redact import Redactor
+
+    redactor = Redactor(["s3cr3t-value!"])
+    message = {
+        "jsonrpc": "2.0",
+        "id": 3,
+        "result": {
+            "content": [{"type": "text", "text": "id | email\n1 | j***@example.com"}],
+            "structuredContent": {"rows": [[1, "j***@example.com", 4.5, None, True]]},
+            "_meta": {"io.mcp-gate/decision": {"decision": "allow", "reasons": ["reads"]}},
+        },
+    }
+    assert redactor.value(message) is message  # nothing to redact: not even copied
+    secret_keys = {"password": "x", "client_secret": "y", "access_token": "z", "note": "ok"}
+    assert redactor.value(secret_keys) == {
+        "password": "[REDACTED]",
+        "client_secret": "[REDACTED]",
+        "access_token": "[REDACTED]",
+        "note": "ok",
+    }

@@ -22,6 +22,8 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
+import orjson
+
 from mcp_gate.mask.detectors import SpanFinder
 
 REDACTED = "[REDACTED]"
@@ -34,10 +36,18 @@ _KV_PASSWORD = re.compile(
     r"(?i)(\b(?:password|passwd|pwd|sslpassword)\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s&;'\"]+)"
 )
 _BEARER = re.compile(r"(?i)(\bbearer\s+)([A-Za-z0-9._~+/=-]+)")
-_SECRET_KEY = re.compile(
-    r"(?i)^(?:password|passwd|pwd|secret|client_secret|api[_-]?key|authorization|bearer|token"
-    r"|access[_-]?token|refresh[_-]?token|id[_-]?token|private[_-]?key|secret[_-]?access[_-]?key)$"
+_SECRET_KEY_NAMES = (
+    r"password|passwd|pwd|secret|client_secret|api[_-]?key|authorization|bearer|token"
+    r"|access[_-]?token|refresh[_-]?token|id[_-]?token|private[_-]?key|secret[_-]?access[_-]?key"
 )
+_SECRET_KEY = re.compile(rf"(?i)^(?:{_SECRET_KEY_NAMES})$")
+# What any rule above needs to see somewhere in a value's lowercased JSON text (a superset):
+# without one of these, nothing in the value can be redacted and the walk is skipped.
+_TRIGGERS = (
+    "://", "passw", "pwd", "bearer", "secret", "eyj", "akia", "asia", "abia", "acca",
+    "private key", 'token":', "authorization", "api_key", "api-key", "apikey", "private_key",
+    "private-key", "privatekey",
+)  # fmt: skip
 
 
 class Redactor:
@@ -50,6 +60,8 @@ class Redactor:
             reverse=True,  # longest first, so a secret containing another goes whole
         )
         self._literals = re.compile("|".join(re.escape(s) for s in literals)) if literals else None
+        # A literal as it appears in JSON text too (quotes, backslashes, controls escaped).
+        self._forms = tuple({f for s in literals for f in (s, orjson.dumps(s).decode()[1:-1])})
         self._finder = SpanFinder(_DETECTORS)
 
     def text(self, text: str) -> str:
@@ -79,7 +91,25 @@ class Redactor:
         return text
 
     def value(self, value: Any) -> Any:
-        """A redacted copy of a JSON-like value (dicts, lists, strings; other scalars kept)."""
+        """A redacted copy of a JSON-like value (dicts, lists, strings; other scalars kept);
+        the value itself when there is nothing to redact in it."""
+        if isinstance(value, dict | list):
+            try:
+                blob = orjson.dumps(value).decode()
+            except TypeError:  # not plain JSON: walk it
+                return self._walk(value)
+            if not self._may_hold_secrets(blob):
+                return value
+        return self._walk(value)
+
+    def _may_hold_secrets(self, blob: str) -> bool:
+        # Substring tests (fast in C) rather than one alternation regex (measured 70× slower).
+        if any(form in blob for form in self._forms):
+            return True
+        low = blob.lower()
+        return any(trigger in low for trigger in _TRIGGERS)
+
+    def _walk(self, value: Any) -> Any:
         if isinstance(value, str):
             return self.text(value)
         if isinstance(value, dict):
@@ -89,10 +119,10 @@ class Redactor:
                 if isinstance(key, str) and _SECRET_KEY.match(key) and item not in (None, ""):
                     out[name] = REDACTED
                 else:
-                    out[name] = self.value(item)
+                    out[name] = self._walk(item)
             return out
         if isinstance(value, list | tuple):
-            return [self.value(item) for item in value]
+            return [self._walk(item) for item in value]
         return value
 
     def optional(self, text: str | None) -> str | None:
