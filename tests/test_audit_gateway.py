@@ -630,3 +630,52 @@ def test_redactor_leaves_ordinary_payloads_alone():
         "access_token": "[REDACTED]",
         "note": "ok",
     }
+
+
+async def test_elicitation_and_its_answer_are_recorded(gateway: Gateway):
+    """A legacy client that can answer forms: the gateway's elicitation/create goes out on the
+    call's stream, the client's answer comes back in another POST; both are in the session,
+    paired, and declining withdraws the approval (on record too)."""
+    from mcp import types
+
+    async def decline(_ctx: Any, _params: Any) -> types.ElicitResult:
+        return types.ElicitResult(action="decline")
+
+    token = gateway.token("eliciting-agent", "developers")
+    transport, http = http_transport(gateway, token)
+    sql = "UPDATE customers SET name = 'never' WHERE id = 3"
+    async with (
+        http,
+        Client(transport, mode="legacy", cache=None, elicitation_callback=decline) as client,
+    ):
+        withdrawn = await client.call_tool("sql_query", {"sql": sql})
+        assert withdrawn.is_error and "withdrawn" in text_of(withdrawn)
+    path = db_file(gateway)
+    session = wait_for(
+        lambda: [s for s in sessions_of(path, "eliciting-agent") if s.ended_at is not None]
+    )[0]
+    events = wait_for(
+        lambda: (
+            (e := read_store(path, session.id))
+            and any(x.event.data.get("event") == "withdrawn" for x in e)
+            and e
+        )
+    )
+    assert_same_messages(messages(events, "in"), transport.sent)
+    assert_same_messages(messages(events, "out"), transport.received)
+    asked = next(e for e in events if e.event.method == "elicitation/create")
+    assert str(asked.event.direction) == "out"
+    answer = next(
+        e
+        for e in events
+        if str(e.event.direction) == "in"
+        and e.event.request_id == asked.event.request_id
+        and "result" in e.event.data["message"]
+    )
+    assert answer.event.method == "elicitation/create" and answer.event.duration_ms is not None
+    approvals = [e.event.data["event"] for e in events if e.event.kind == EventKind.APPROVAL]
+    assert approvals == ["created", "withdrawn"]
+    assert [e.event.decision for e in events if e.event.kind == EventKind.APPROVAL] == [
+        None,
+        "deny",
+    ]
