@@ -540,6 +540,53 @@ ATTACKS: list[Attack] = [
     Attack(
         "predicates", "SELECT id, generate_series(1, length(email) - 17) FROM customers", "review"
     ),
+    Attack("predicates", "SELECT id, count(*) OVER (PARTITION BY ssn) FROM customers", "review"),
+    Attack(
+        "predicates",
+        "SELECT c.id FROM customers c WHERE EXISTS (SELECT 1 WHERE c.ssn > '5')",
+        "review",
+    ),
+    Attack(
+        "predicates",
+        "SELECT id FROM customers OFFSET (SELECT count(*) FROM customers WHERE card_number < '45')",
+        "review",
+    ),
+    Attack(
+        "predicates",
+        "SELECT count(*) FROM customers GROUP BY GROUPING SETS ((email), ())",
+        "review",
+    ),
+    Attack(
+        "predicates",
+        "SELECT id FROM customers c WHERE jsonb_path_exists(to_jsonb(c), "
+        "'$.ssn ? (@ like_regex \"^1\")')",
+        "review",
+    ),
+    # ---- more disguises
+    Attack("disguise", "SELECT/**/ssn/**/FROM/**/customers", "ok", (0,), hint=True),
+    Attack("disguise", "SELECT $$card: $$ || card_number FROM customers", "ok", (0,)),
+    Attack("disguise", "SELECT encode(sha224(email::bytea), 'hex') FROM customers", "ok", (0,)),
+    Attack(
+        "disguise",
+        "SELECT to_tsvector('simple', email), pg_column_size(ssn) FROM customers",
+        "ok",
+        (0, 1),
+    ),
+    Attack(
+        "disguise", "SELECT ssn::name, card_number::char(19), email::citext FROM customers", "deny"
+    ),
+    Attack(
+        "disguise",
+        "SELECT jsonb_path_query_first(to_jsonb(c), '$.card_number') FROM customers c",
+        "ok",
+        (0,),
+    ),
+    Attack(
+        "disguise",
+        "SELECT (SELECT string_agg(x, '') FROM regexp_split_to_table(ssn, '') AS x) FROM customers",
+        "review",
+    ),
+    Attack("disguise", 'SELECT id, (ssn)::text COLLATE "C" FROM customers', "ok", (1,)),
     # ---- functions that run SQL from a string, read files, reach out: never passed
     Attack("dynamic", "SELECT query_to_xml('select ssn from customers', true, false, '')", "deny"),
     Attack("dynamic", "SELECT table_to_xml('customers', true, false, '')", "deny"),
