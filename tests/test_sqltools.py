@@ -425,6 +425,26 @@ async def test_explain_estimates_rows(reader_pool) -> None:
         await explain(reader_pool, "ANALYZE DELETE FROM t")
 
 
+@pytest.mark.anyio
+async def test_explain_of_dml_counts_the_rows_it_would_touch_and_runs_nothing(
+    admin_pool, reader_pool
+) -> None:
+    """DML is explained on a pool allowed to run it (EXPLAIN checks the privilege), in READ
+    ONLY, never ANALYZE: the estimate is the rows fed to ModifyTable, and nothing changes."""
+    before = await admin_pool.fetchval("SELECT count(*) FROM big WHERE id <= 500")
+    for _ in range(2):  # the second time through asyncpg's statement cache
+        plan = await explain(admin_pool, "DELETE FROM big WHERE id <= $1", [500])
+        assert 100 <= plan["estimated_rows"] <= 2_500
+        assert '"Node Type": "ModifyTable"' in json.dumps(plan["plan"])
+    update = await explain(admin_pool, "UPDATE big SET h = 'x' WHERE id = 7 RETURNING id")
+    assert update["estimated_rows"] == 1
+    assert await admin_pool.fetchval("SELECT count(*) FROM big WHERE id <= 500") == before
+    assert await admin_pool.fetchval("SELECT count(*) FROM big WHERE h = 'x'") == 0
+    with pytest.raises(QueryError) as refused:  # the reader may not delete: no estimate
+        await explain(reader_pool, "DELETE FROM big WHERE id <= 5")
+    assert refused.value.sqlstate == "42501"
+
+
 # --------------------------------------------------------------------------- catalog
 
 
