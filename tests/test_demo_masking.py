@@ -16,6 +16,7 @@ import base64
 import hashlib
 import json
 import secrets
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from gateway_helpers import Gateway, running_gateway, text_of
+from gateway_helpers import MCP_GATE, Gateway, running_gateway, text_of
 from mcp_gate.demo.sample import load_sample
 from pgserver import admin_execute, dsn_with, run_sync, unique_name
 
@@ -752,3 +753,23 @@ async def test_pii_readers_are_exempt_from_the_column_rule(demo: Demo) -> None:
     assert [c["masked"] for c in columns] == [False, False, False]
     phones = [row[2] for row in result.structured_content["rows"]]
     assert phones == demo.secrets["phone"][:3]  # no detector looks for phone numbers
+
+
+def test_policy_test_says_why_a_computed_column_is_redacted(demo: Demo) -> None:
+    """`mcp-gate policy test --config`: the demo's partial rule shows a hint of `email`, but
+    `reverse(email)` is redacted, and the table says why."""
+    gw = demo.gateway
+    policies = gw.folder / "policies.toml"
+    sql = "SELECT id, email, reverse(email) FROM customers"
+    command = [*MCP_GATE, "policy", "test", str(policies), "--config", str(gw.config), "--sql", sql]
+    done = subprocess.run(
+        [*command, "--json"], env=gw.env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    outputs = json.loads(done.stdout)["columns"]["outputs"]
+    assert [o["masked"] for o in outputs] == [None, "partial", "redact"]
+    assert outputs[2]["sources"] == ["public.customers.email"]
+    human = subprocess.run(
+        command, env={**gw.env, "COLUMNS": "250"}, capture_output=True, text=True, timeout=120
+    )
+    assert "plain column copies" in human.stdout, human.stdout

@@ -229,6 +229,10 @@ def print_columns(console: Console, report: ColumnReport) -> None:
             + (" (exempt: your groups)" if r.exempt else "")
             for r in c.reasons
         )
+        applied = {r.strategy for r in c.reasons if not r.exempt}
+        if c.strategy == "redact" and applied and applied <= {"partial", "hash"}:
+            # mask.rules.MaskPlan.output_strategy: why the rule's strategy is not the one shown
+            because += "; a computed value: partial and hash apply only to plain column copies"
         table.add_row(
             str(c.position + 1),
             Text(c.name),
