@@ -11,9 +11,8 @@ docs/benchmarks.md.
     `SqliteAuditStore` (WAL, synchronous=FULL); events are realistic tools/call messages
     (~600 bytes of JSON). Baseline, same run, same store code and file settings: one commit
     per event (`max_batch=1`: the writer commits each event on its own).
-  - recording on vs off: the bench/overhead.py workload through the gateway with the
-    recorder on and off (`recording_overhead`, a placeholder until the gateway wires the
-    recorder in).
+  - recording on vs off: the bench/overhead.py workload through two gateways, one with
+    `[audit] enabled = false` (bench/audit_recording.py).
 
     python bench/audit.py               # print the figures
     python bench/audit.py --quick       # a short check run
@@ -141,9 +140,11 @@ def group_commit(opts: Options) -> Result:
 
 def recording_overhead(opts: Options) -> Result | None:
     """Recording on vs off on the bench/overhead.py workload at 16 concurrent clients
-    (target ≤ 10% slower). Placeholder: measured once the gateway records (the gateway
-    integration fills this in); None means "not measured"."""
-    return None
+    (target ≤ 10% slower): two gateways in one run, see bench/audit_recording.py."""
+    from audit_recording import recording_overhead as measure  # bench/, on sys.path
+
+    lines, summary, _worst = measure(rounds=max(2, opts.repeat), clients=16, calls=20)
+    return Result(lines, summary)
 
 
 MEASUREMENTS: list[tuple[str, Callable[[Options], Result | None]]] = [
