@@ -4,9 +4,10 @@ left; and scanning upstream (non-SQL) tool results.
 `mask_rows` builds, once per shape of strategy list (cached), a function that rebuilds every
 row in one list comprehension: clean positions are copied, `redact` and `null` are inline
 expressions, `partial` and `hash` one call of a function chosen once per result (no dispatch
-by name per cell). A position masked by a column rule is masked whole, whatever its type: JSON,
-arrays and records are never masked element by element (and `partial` becomes `redact` for
-them).
+by name per cell); `hash` looks at a sample of its column first and caches tokens only when
+the column repeats itself (`Hasher.function`). A position masked by a column rule is masked
+whole, whatever its type: JSON, arrays and records are never masked element by element (and
+`partial` becomes `redact` for them).
 
 `mask_result` then runs the detectors over every cell of the columns no rule masked: strings
 (JSON text included: parsed and walked), arrays, records, integers of 9+ digits, bytea. Cells
