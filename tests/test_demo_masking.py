@@ -627,7 +627,7 @@ ATTACKS: list[Attack] = [
     Attack("statements", "EXPLAIN ANALYZE SELECT ssn FROM customers", "deny"),
     Attack("statements", "PREPARE p AS SELECT ssn FROM customers", "deny"),
     Attack("statements", "DO $$ BEGIN PERFORM 1; END $$", "deny"),
-    Attack("statements", "UPDATE customers SET name = ssn WHERE id = 1 RETURNING name", "review"),
+    Attack("statements", "UPDATE customers SET name = ssn WHERE id = 1 RETURNING name", "deny"),
     Attack("statements", "DELETE FROM customers WHERE id = -1 RETURNING *", "review"),
     Attack("statements", "SELECT ssn FROM customers FOR UPDATE", "deny"),
     # ---- sql_explain: a plan holds no values, and predicates on masked columns are oracles
@@ -679,7 +679,7 @@ async def fire(demo: Demo, attack: Attack, client: Any) -> tuple[str, list[str]]
             flags = tuple(i for i, c in enumerate(content["columns"]) if c["masked"])
             if flags != attack.masked:
                 problem = f"masked positions {flags}, expected {attack.masked}"
-            elif not content["rows"]:
+            elif not content["rows"] and "status" not in content:  # a write returns none
                 problem = "no rows"
             else:
                 for row in content["rows"]:
@@ -724,6 +724,16 @@ DBA_ATTACKS = [
     Attack("catalog", "SELECT * FROM pg_catalog.pg_stats_ext", "deny"),
     Attack("plain", "SELECT * FROM customers", "ok", (2, 3, 4, 5), hint=True),
     Attack("predicates", "SELECT id FROM customers WHERE ssn LIKE '1%'", "review"),
+    # DBAs write directly: a write must not copy a masked value where a read sees it bare
+    Attack("copies", "UPDATE customers SET name = reverse(ssn) WHERE id = -1", "deny"),
+    Attack("copies", "UPDATE customers SET country = substr(card_number, 1, 8) WHERE id = -1",
+           "deny"),
+    Attack("copies", "INSERT INTO payments (id, order_id, amount, method, iban, paid_at) "
+           "SELECT -id, 1, 0, email, NULL, now() FROM customers WHERE false", "deny"),
+    Attack("copies", "UPDATE customers SET email = lower(email), phone = NULL WHERE id = -1",
+           "ok"),
+    Attack("copies", "INSERT INTO payments (id, order_id, amount, method, iban, paid_at) "
+           "SELECT -id, 1, 0, 'card', card_number, now() FROM customers WHERE false", "ok"),
 ]  # fmt: skip
 
 

@@ -631,3 +631,20 @@ def test_explained_statement_is_read_back_for_its_predicates(catalog: Catalog) -
     for bad in ("SELECT 1", "EXPLAIN SELECT 1; EXPLAIN SELECT 2", "EXPLAIN (", ""):
         with pytest.raises(LineageUnresolved):
             explained_statement(bad)
+
+
+def test_dml_lists_what_it_writes_where(catalog: Catalog) -> None:
+    lin = trace("UPDATE users SET name = reverse(ssn), email = email WHERE id = 1", catalog)
+    assert lin.written == (
+        ("public.users.email", frozenset({"public.users.email"})),
+        ("public.users.name", frozenset({"public.users.ssn"})),
+    )
+    lin = trace(
+        "INSERT INTO orders (id, user_id, note) SELECT id, id, card_number FROM users "
+        "ON CONFLICT (id) DO UPDATE SET total = length(excluded.note)",
+        catalog,
+    )
+    written = dict(lin.written)
+    assert written["public.orders.note"] == {"public.users.card_number"}
+    assert "public.users.card_number" in written["public.orders.total"]
+    assert trace("SELECT email FROM users", catalog).written == ()

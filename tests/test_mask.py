@@ -559,3 +559,24 @@ def test_gateway_messages_keep_their_text_under_a_null_detector() -> None:
         'mcp-gate: invalid input syntax for type integer: "[MASKED]"'
     )
     assert masking.scrub({"ssn": "123-45-6789", "n": 1}, ALICE) == {"ssn": None, "n": 1}
+
+
+def test_writes_that_copy_masked_values_into_weaker_columns() -> None:
+    p = plan(
+        {"columns": ["*.ssn", "*.email"], "strategy": "partial", "except_groups": ["pii-readers"]},
+        {"columns": ["*.card_number"], "strategy": "redact"},
+    )
+    written = [
+        ("public.users.name", frozenset({"public.users.ssn", "public.users.id"})),
+        ("public.users.email", frozenset({"public.users.email"})),  # masked as strictly
+        ("public.users.ssn", frozenset({"public.users.card_number"})),  # partial < redact
+        ("public.orders.total", frozenset({"public.orders.total"})),
+    ]
+    assert p.unmasked_copies(written, ALICE) == [
+        ("public.users.name", ("public.users.ssn",)),
+        ("public.users.ssn", ("public.users.card_number",)),
+    ]
+    # a pii-reader sees ssn and email anyway; card_number is still masked for them
+    assert p.unmasked_copies(written, PII_READER) == [
+        ("public.users.ssn", ("public.users.card_number",))
+    ]

@@ -155,12 +155,18 @@ class OutputColumn:
 
 @dataclass(frozen=True, slots=True)
 class Lineage:
-    """The lineage of one statement. Column names are `schema.table.column`, exact."""
+    """The lineage of one statement. Column names are `schema.table.column`, exact.
+
+    `written`: for DML, each target column the statement assigns (`SET c = …`, an INSERT's
+    column, `ON CONFLICT DO UPDATE SET`) with the base columns the assigned values derive
+    from, sorted by target: a write can copy a masked value where a read would not mask it.
+    """
 
     outputs: tuple[OutputColumn, ...]
     predicate_columns: frozenset[str]
     referenced_columns: frozenset[str]
     relations: frozenset[str]
+    written: tuple[tuple[str, frozenset[str]], ...] = ()
 
     @property
     def output_columns(self) -> frozenset[str]:
@@ -462,6 +468,7 @@ class _Ctx:
         "seen",
         "view_nesting",
         "view_stack",
+        "written",
     )
 
     def __init__(self, prep: _Prepared, depth: int, view_stack: tuple[tuple[str, str], ...]):
@@ -477,6 +484,7 @@ class _Ctx:
         self.pg_names: list[str | None] | None = None  # top-level output names (PostgreSQL's)
         self.view_nesting = 0  # how deeply views nest below this statement
         self.current: set[str] | None = None  # names resolved in the output being evaluated
+        self.written: dict[str, set[str]] = {}  # DML target column -> sources of its values
 
     def saw(self, name: str) -> None:
         """`name` (a column, row or relation name) was resolved."""
@@ -1557,9 +1565,12 @@ def _trace_dml(node: exp.Expr, ctx: _Ctx) -> list[tuple[str, frozenset[str]]]:
         sel, n_vals = _returning_select(node, target, relation, extra, values, where)
         sel.meta["lineage_dml"] = True
         qualified = _qualify(sel, sel, ctx)
-        resolver: _Resolver = _DmlResolver(ctx, n_vals, [n for n, _ in assigns])
+        resolver = _DmlResolver(ctx, n_vals, [n for n, _ in assigns])
         outputs = resolver.query(qualified, _Env(None))
         _check_tables(qualified, ctx)
+        for (names, _), srcs in zip(assigns, resolver.value_sources, strict=True):
+            for name in names:
+                ctx.written.setdefault(f"{relation.qualified}.{name}", set()).update(srcs)
         return outputs
 
     if isinstance(node, exp.Delete):
@@ -1628,6 +1639,8 @@ def _trace_dml(node: exp.Expr, ctx: _Ctx) -> list[tuple[str, frozenset[str]]]:
             for (names, _), srcs in zip(assigns, dml.value_sources, strict=True):
                 for name in names:
                     inserted[name] = inserted.get(name, _EMPTY) | srcs
+    for name, srcs in inserted.items():
+        ctx.written.setdefault(f"{relation.qualified}.{name}", set()).update(srcs)
     sel, n_vals = _returning_select(node, target, relation, [], [], None)
     sel.meta["lineage_dml"] = True
     qualified = _qualify(sel, sel, ctx)
@@ -1999,6 +2012,9 @@ def _trace_in(sql: str, inspection: SqlInspection | None, ctx: _Ctx) -> Lineage:
         predicate_columns=frozenset(ctx.predicates - {_COMPUTED}),
         referenced_columns=frozenset(ctx.referenced - {_COMPUTED}),
         relations=frozenset(ctx.relations),
+        written=tuple(
+            (target, frozenset(srcs - {_COMPUTED})) for target, srcs in sorted(ctx.written.items())
+        ),
     )
 
 

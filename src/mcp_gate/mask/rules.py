@@ -29,7 +29,7 @@ from mcp_gate.inspect.lineage import OutputColumn
 from mcp_gate.policy.globs import compile_globs
 from mcp_gate.policy.model import DETECTORS, MaskRule
 
-from .strategies import strictest
+from .strategies import strictest, strictness
 
 _CACHE_LIMIT = 4096
 _NEEDS_A_COPY = frozenset({"partial", "hash"})
@@ -154,6 +154,24 @@ class MaskPlan:
         """The base columns among `columns` that a rule masks for `principal`, sorted (for
         `sensitive_predicate`)."""
         return tuple(sorted(c for c in columns if self.column_strategy(frozenset({c}), principal)))
+
+    def unmasked_copies(
+        self, written: Iterable[tuple[str, frozenset[str]]], principal: Principal
+    ) -> list[tuple[str, tuple[str, ...]]]:
+        """The DML target columns (`Lineage.written`) that would receive values of masked
+        columns without being masked at least as strictly themselves, each with the masked
+        sources: `UPDATE customers SET name = reverse(ssn)` then `SELECT name` would read the
+        value back unmasked."""
+        out: list[tuple[str, tuple[str, ...]]] = []
+        for target, sources in written:
+            masked = self.masked_columns(sources, principal)
+            if not masked:
+                continue
+            needed = strictest(self.column_strategy(frozenset({m}), principal) for m in masked)
+            have = self.column_strategy(frozenset({target}), principal)
+            if have is None or (needed is not None and strictness(have) < strictness(needed)):
+                out.append((target, masked))
+        return out
 
     def detectors_for(self, principal: Principal) -> list[tuple[str, str]]:
         """(detector, strategy) for each detector a non-exempt rule enables, the strictest

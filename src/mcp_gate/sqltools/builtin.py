@@ -294,6 +294,17 @@ class BuiltinSql:
                 extra_risks=inspection.extra_risks | {"lineage_unresolved"},
             )
         plan = self.masking.plan()
+        copies = [] if explained else plan.unmasked_copies(lineage.written, principal)
+        if copies:
+            target, sources = copies[0]
+            return replace(
+                inspection,
+                unresolved=(
+                    f"it writes values of masked column(s) {', '.join(sources)} into {target}, "
+                    "which is not masked as strictly: reading it back would bypass the mask"
+                ),
+                extra_risks=inspection.extra_risks | {"lineage_unresolved"},
+            )
         risks = set(inspection.extra_risks)
         if plan.masked_columns(lineage.predicate_columns, principal):
             risks.add(str(Risk.SENSITIVE_PREDICATE))
