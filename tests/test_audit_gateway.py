@@ -583,6 +583,33 @@ async def test_replay_verify_export_then_a_hand_edit_is_caught(gateway: Gateway,
     assert str(decision.seq) in broken.stdout + broken.stderr
 
 
+async def test_recording_off_records_nothing_and_still_decides(shop: Shop, tmp_path: Path):
+    with running_gateway(
+        tmp_path,
+        dsn=shop.reader,
+        write_dsn=None,
+        env={},
+        policies=_policies(tmp_path),
+        extra="[audit]\nenabled = false\n",
+    ) as gw:
+        token = gw.token("unrecorded", "developers")
+        async with gw.client(token, mode="legacy") as client:
+            ok = await client.call_tool("sql_query", {"sql": "SELECT 1 AS one"})
+            assert not ok.is_error, text_of(ok)
+            refused = await client.call_tool("sql_query", {"sql": "DELETE FROM orders"})
+            assert refused.is_error and "never unbounded" in text_of(refused)
+        assert "sessions and decisions are NOT recorded" in gw.stderr()
+    path = tmp_path / ".mcp-gate" / "gate.db"
+    with sqlite3.connect(path) as conn:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+        count = (
+            conn.execute("SELECT count(*) FROM audit_events").fetchone()[0]
+            if ("audit_events" in tables)
+            else 0
+        )
+    assert count == 0
+
+
 # -- the redactor on its own ------------------------------------------------------------------
 
 
