@@ -17,9 +17,8 @@ from collections.abc import AsyncIterator
 import anyio
 
 from mcp_gate.approvals import ApprovalService
-from mcp_gate.audit import AuditStore, AuditUnavailable, SqliteAuditStore
+from mcp_gate.audit import AuditStore, AuditUnavailable, factory
 from mcp_gate.audit.chain import SigningKeyError, load_signing_key, maintain, make_checkpoint
-from mcp_gate.audit.pg_store import PostgresAuditStore
 from mcp_gate.audit.recorder import Recorder
 from mcp_gate.audit.redact import MIN_SECRET_LENGTH, Redactor
 from mcp_gate.config import GateConfig, SecretError, read_secret
@@ -64,12 +63,9 @@ def gateway_secrets(config: GateConfig) -> list[str]:
 def audit_store(config: GateConfig) -> AuditStore:
     """The audit store of `[server] store` (not opened yet)."""
     target = store_target(config)
-    if target.kind == "postgresql":
-        assert target.dsn is not None
-        return PostgresAuditStore(target.dsn, password=target.password)
-    assert target.path is not None
-    target.path.parent.mkdir(parents=True, exist_ok=True)
-    return SqliteAuditStore(target.path)
+    if target.path is not None:
+        target.path.parent.mkdir(parents=True, exist_ok=True)
+    return factory.audit_store(target)
 
 
 @contextlib.asynccontextmanager

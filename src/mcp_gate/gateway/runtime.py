@@ -20,6 +20,7 @@ from mcp_gate.approvals import (
     SqliteApprovalStore,
     StoreError,
 )
+from mcp_gate.audit.recorder import Recorder
 from mcp_gate.auth import DevIssuer, JwtVerifier
 from mcp_gate.config import (
     STORE_POSTGRESQL,
@@ -152,15 +153,17 @@ def build_pipeline(
     connections: dict[str, Connection],
     data_dir: Path,
     approvals: ApprovalService | None = None,
+    recorder: Recorder | None = None,
 ) -> Pipeline:
-    """The pipeline over the built-in SQL tools (wrapped upstreams join later)."""
+    """The pipeline over the built-in SQL tools (wrapped upstreams join later); with a
+    `recorder`, every decision is recorded before its call runs."""
     masking = Masking(policy.mask_plan, load_key(data_dir, HASH_KEY_FILE))
     upstreams = [BuiltinSql(connections, masking)] if connections else []
     held = None
     if approvals is not None:
         codec = ApprovalStateCodec(load_key(data_dir, STATE_KEY_FILE))
         held = Approvals(approvals, codec, lambda: policy().model.approval)
-    return Pipeline(policy, upstreams, held)
+    return Pipeline(policy, upstreams, held, recorder)
 
 
 @dataclass(frozen=True, slots=True)

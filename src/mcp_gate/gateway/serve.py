@@ -105,8 +105,7 @@ async def serve_http(
             open_approvals(config) as approvals,
             open_audit(config, approvals) as recorder,
         ):
-            pipeline = build_pipeline(policy, connections, config.data_dir, approvals)
-            pipeline.recorder = recorder
+            pipeline = build_pipeline(policy, connections, config.data_dir, approvals, recorder)
             await pipeline.list_tools()
             server = build_server(pipeline, http_principal, http_audit_session)
             authenticate = bearer_authenticator(verifier, resource_metadata_url=None)
@@ -160,8 +159,7 @@ async def serve_stdio(config: GateConfig) -> None:
         open_approvals(config) as approvals,
         open_audit(config, approvals) as recorder,
     ):
-        pipeline = build_pipeline(policy, connections, config.data_dir, approvals)
-        pipeline.recorder = recorder
+        pipeline = build_pipeline(policy, connections, config.data_dir, approvals, recorder)
         await pipeline.list_tools()
         tap = StdioTap(recorder, principal) if recorder is not None else None
         server = build_server(
