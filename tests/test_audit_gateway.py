@@ -583,6 +583,21 @@ async def test_replay_verify_export_then_a_hand_edit_is_caught(gateway: Gateway,
     assert str(decision.seq) in broken.stdout + broken.stderr
 
 
+async def test_a_fail_closed_refusal_is_a_decision_on_record(gateway: Gateway):
+    token = gateway.token("untraceable", "developers")
+    async with gateway.client(token, mode="auto") as client:
+        refused = await client.call_tool(
+            "sql_query", {"sql": "SELECT (x).* FROM (SELECT c FROM customers c) s(x)"}
+        )
+    assert refused.is_error and "lineage_unresolved" in text_of(refused)
+    path = db_file(gateway)
+    session = wait_for(lambda: [s for s in sessions_of(path, "untraceable") if s.calls])[0]
+    assert session.denied == 1
+    decision = next(e for e in read_store(path, session.id) if e.event.kind == EventKind.DECISION)
+    assert decision.event.decision == "deny"
+    assert decision.event.data["reasons"][0] == "lineage_unresolved"
+
+
 async def test_recording_off_records_nothing_and_still_decides(shop: Shop, tmp_path: Path):
     with running_gateway(
         tmp_path,

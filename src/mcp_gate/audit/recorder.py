@@ -375,6 +375,30 @@ class Recorder:
     ) -> str | None:
         """Record a tools/call verdict. With `durable`, wait until it is committed and return
         the refusal text to answer with if it could not be (None when it is on record)."""
+        event = self._decision_event(session_id, principal, call, decision)
+        if not durable:
+            self._enqueue(event)
+            return None
+        if self._task is None or self._closing:
+            return UNAVAILABLE.format(problem="the recorder is not running")
+        done = asyncio.get_running_loop().create_future()
+        self._enqueue(event, done)
+        try:
+            await asyncio.shield(done)
+        except AuditUnavailable as exc:
+            return UNAVAILABLE.format(problem=str(exc) or "commit failed")
+        return None
+
+    def refusal(
+        self, session_id: str | None, principal: Principal, call: ToolCall, decision: Decision
+    ) -> None:
+        """Record the verdict of a call refused before the policy's own branches (nothing
+        runs, so nobody waits for the commit)."""
+        self._enqueue(self._decision_event(session_id, principal, call, decision))
+
+    def _decision_event(
+        self, session_id: str | None, principal: Principal, call: ToolCall, decision: Decision
+    ) -> AuditEvent:
         if session_id is None or session_id not in self._sessions:
             session_id = self.logical_session(principal, None, None)
         data: dict[str, Any] = {
@@ -395,7 +419,7 @@ class Recorder:
             self._expected[(principal.subject, call.tool, digest)] = session_id
             while len(self._expected) > _EXPECTED_MAX:
                 self._expected.popitem(last=False)
-        event = AuditEvent(
+        return AuditEvent(
             session_id,
             EventKind.DECISION,
             self.clock(),
@@ -403,18 +427,6 @@ class Recorder:
             decision=decision.decision,
             data=data,
         )
-        if not durable:
-            self._enqueue(event)
-            return None
-        if self._task is None or self._closing:
-            return UNAVAILABLE.format(problem="the recorder is not running")
-        done = asyncio.get_running_loop().create_future()
-        self._enqueue(event, done)
-        try:
-            await asyncio.shield(done)
-        except AuditUnavailable as exc:
-            return UNAVAILABLE.format(problem=str(exc) or "commit failed")
-        return None
 
     def approval(self, event: ApprovalEvent) -> None:
         """Record an approval lifecycle event in the session of the call it holds."""

@@ -122,6 +122,7 @@ class Pipeline:
                     deciding=("estimated_rows_unknown",),
                     default_used=False,
                 )
+                self._record_refusal(session_id, principal, call, decision)
                 return error_result(
                     f"mcp-gate: denied (estimated_rows_unknown): rule {rules} depends on the "
                     f"planner's row estimate, which the gateway could not get: "
@@ -133,6 +134,7 @@ class Pipeline:
             decision = replace(
                 decision, decision="deny", deciding=("lineage_unresolved",), default_used=False
             )
+            self._record_refusal(session_id, principal, call, decision)
             return error_result(
                 "mcp-gate: denied (lineage_unresolved): the gateway cannot tell which columns "
                 f"this query returns, so it cannot mask them: {inspection.unresolved}. "
@@ -171,6 +173,13 @@ class Pipeline:
         return with_decision(
             await self._run(upstream, call, principal, inspection, decision), decision
         )
+
+    def _record_refusal(
+        self, session_id: str | None, principal: Principal, call: ToolCall, decision: Decision
+    ) -> None:
+        """A refusal decided outside the policy's own verdict is on record too."""
+        if self.recorder is not None:
+            self.recorder.refusal(session_id, principal, call, decision)
 
     async def _run(
         self,
