@@ -19,6 +19,7 @@ from mcp_gate.approvals import (
     PostgresApprovalStore,
     SqliteApprovalStore,
     StoreError,
+    WebhookSender,
 )
 from mcp_gate.audit.recorder import Recorder
 from mcp_gate.auth import DevIssuer, JwtVerifier
@@ -226,13 +227,17 @@ def approval_store(target: StoreTarget) -> ApprovalStore:
 
 
 @contextlib.asynccontextmanager
-async def open_approvals(config: GateConfig) -> AsyncIterator[ApprovalService]:
-    """The approval service on the configured store, started and closed with the gateway.
+async def open_approvals(
+    config: GateConfig, webhook: str | None = None
+) -> AsyncIterator[ApprovalService]:
+    """The approval service on the configured store, started and closed with the gateway,
+    posting to `webhook` (the policy's `[approval] webhook`, read at start) when given.
     A store that cannot be opened (unreachable, refused, newer schema) is a StartupError."""
     target = store_target(config)
     if target.path is not None:
         target.path.parent.mkdir(parents=True, exist_ok=True)
-    service = ApprovalService(approval_store(target))
+    sender = WebhookSender(webhook) if webhook else None
+    service = ApprovalService(approval_store(target), webhook=sender)
     try:
         await service.start()
     except (StoreError, OSError, sqlite3.Error) as exc:

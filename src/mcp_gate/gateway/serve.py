@@ -102,7 +102,7 @@ async def serve_http(
     try:
         async with (
             open_connections(config) as connections,
-            open_approvals(config) as approvals,
+            open_approvals(config, policy().model.approval.webhook) as approvals,
             open_audit(config, approvals) as recorder,
         ):
             pipeline = build_pipeline(policy, connections, config.data_dir, approvals, recorder)
@@ -156,7 +156,7 @@ async def serve_stdio(config: GateConfig) -> None:
     principal = Principal(local.subject, frozenset(local.groups))
     async with (
         open_connections(config) as connections,
-        open_approvals(config) as approvals,
+        open_approvals(config, policy().model.approval.webhook) as approvals,
         open_audit(config, approvals) as recorder,
     ):
         pipeline = build_pipeline(policy, connections, config.data_dir, approvals, recorder)

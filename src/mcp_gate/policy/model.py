@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -16,6 +17,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    field_validator,
     model_validator,
 )
 
@@ -152,6 +154,16 @@ class ApprovalSettings(_Strict):
     quorum: Annotated[int, Field(ge=1)] = 1
     wait: Duration = 120.0
     expires: Duration = 3600.0
+    webhook: str | None = None  # new requests and decisions are POSTed here (JSON), retried
+
+    @field_validator("webhook")
+    @classmethod
+    def _webhook_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            parts = urlsplit(value)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError("webhook must be an http:// or https:// URL")
+        return value
 
 
 class MaskRule(_Strict):
