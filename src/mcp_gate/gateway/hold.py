@@ -11,10 +11,15 @@ Then the call waits up to `[approval] wait` with progress notifications and retu
 result on approval (run exactly once), an error naming the approver and reason on denial, or
 an error with the approval id when still pending: the identical call repeated after approval
 runs once; a changed argument is a new request.
+
+Fail closed: when the approval store fails at any point (`StoreError`, e.g. PostgreSQL went
+away), the call is not run and the agent gets an isError result saying so, with a reason that
+names neither the store's host nor its credentials (the full error goes to the log).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -22,7 +27,7 @@ from typing import Any
 
 from mcp import types
 
-from mcp_gate.approvals import ApprovalError, ApprovalService, arguments_digest
+from mcp_gate.approvals import ApprovalError, ApprovalService, StoreError, arguments_digest
 from mcp_gate.approvals.model import ApprovalRequest
 from mcp_gate.calls import Principal, ToolCall
 from mcp_gate.gateway.approval_state import ApprovalStateCodec, StateRefused
@@ -30,6 +35,8 @@ from mcp_gate.gateway.results import error_result, with_decision
 from mcp_gate.inspect.model import Inspection
 from mcp_gate.policy.engine import Decision
 from mcp_gate.policy.model import ApprovalSettings
+
+log = logging.getLogger(__name__)
 
 FORM_KEY = "io.mcp-gate/approval"
 PROGRESS_EVERY = 5.0
@@ -107,6 +114,27 @@ def _final_error(req: ApprovalRequest, decision: Decision) -> types.CallToolResu
     return error_result(text, decision, approval_id=req.id)
 
 
+def _store_failed(exc: StoreError, decision: Decision) -> types.CallToolResult:
+    """The agent's answer when the approval store failed: the call was not run.
+
+    The store's own message names its `user@host:port/database` and the driver's error
+    (which may name an address too), so the agent gets a fixed phrase; operators read the
+    full error in the log."""
+    text = str(exc)
+    if "not open" in text:
+        reason = "it is not open (the gateway is starting or stopping)"
+    elif "unavailable" in text:
+        reason = "it cannot be reached"
+    else:
+        reason = "it failed while handling this call"
+    log.warning("approval store failed during a held call: %s", text)
+    return error_result(
+        f"mcp-gate: the approval store is unavailable, so the call was not run: {reason}. "
+        "Try again later.",
+        decision,
+    )
+
+
 async def hold(
     approvals: Approvals,
     principal: Principal,
@@ -166,20 +194,29 @@ async def hold(
         return error_result(f"mcp-gate: {exc}.", decision)
     except ApprovalError as exc:
         return error_result(f"mcp-gate: {exc.reason}.", decision)
+    except StoreError as exc:
+        return _store_failed(exc, decision)
 
-    deadline = time.monotonic() + settings.wait
-    while req.status == "pending":
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            break
-        if interaction.progress is not None:
-            waited = settings.wait - remaining
-            await interaction.progress(
-                waited, settings.wait, f"waiting for approval by {', '.join(req.approvers)}"
-            )
-        req = await service.wait(req.id, min(PROGRESS_EVERY, remaining))
-    if req.status == "approved" and await service.mark_executed(req.id):
+    try:
+        deadline = time.monotonic() + settings.wait
+        while req.status == "pending":
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            if interaction.progress is not None:
+                waited = settings.wait - remaining
+                await interaction.progress(
+                    waited, settings.wait, f"waiting for approval by {', '.join(req.approvers)}"
+                )
+            req = await service.wait(req.id, min(PROGRESS_EVERY, remaining))
+        executing = req.status == "approved" and await service.mark_executed(req.id)
+        if req.status == "approved" and not executing:
+            req = await service.get(req.id)
+    except StoreError as exc:
+        return _store_failed(exc, decision)
+    except ApprovalError as exc:
+        return error_result(f"mcp-gate: {exc.reason}.", decision, approval_id=req.id)
+    if executing:
+        # Outside the store's try: the call's own errors are the executor's to report.
         return with_decision(await run(), decision, req.id)
-    if req.status == "approved":
-        req = await service.get(req.id)
     return _final_error(req, decision)
