@@ -1,5 +1,5 @@
 """The requester's side of a held call (`gateway/hold.py`) against real approval stores:
-a store that fails mid-call."""
+a store that fails mid-call, and an approval that expires before it runs."""
 
 from __future__ import annotations
 
@@ -143,6 +143,32 @@ async def test_postgres_outage_mid_call_names_no_host_nor_password(
     host = store.target.split("@")[-1].split("/")[0]
     assert_store_failure(result, host, host.split(":")[0], store.target, "127.0.0.1")
     assert runs.count == 0
+
+
+@pytest.mark.anyio
+async def test_approved_then_expired_says_who_approved(tmp_path: Path) -> None:
+    async with ApprovalService(SqliteApprovalStore(tmp_path / "approvals.db")) as service:
+        runs = Runs()
+
+        async def approve_then_let_it_expire(*_: Any) -> None:
+            (pending,) = await service.list("pending")
+            await service.decide(pending.id, BOB, True, "ok")
+            # Past expires_at before the gateway gets to run it: approved → expired.
+            await anyio.sleep(max(0.0, pending.expires_at - time.time()) + 0.05)
+
+        result = await held(
+            approvals(service, wait=5.0, expires=0.5),
+            Interaction(progress=approve_then_let_it_expire),
+            runs,
+        )
+        assert isinstance(result, types.CallToolResult) and result.is_error
+        text = text_of(result)
+        assert "was approved by bob but expired before it ran" in text, text
+        assert "call again to request a new approval" in text
+        assert "without a decision" not in text
+        assert runs.count == 0
+        (expired,) = await service.list("expired")
+        assert (result.meta or {})[DECISION_META_KEY]["approval_id"] == expired.id
 
 
 @pytest.mark.anyio

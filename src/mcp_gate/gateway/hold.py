@@ -99,6 +99,11 @@ def _final_error(req: ApprovalRequest, decision: Decision) -> types.CallToolResu
     if req.status == "denied" and req.denial is not None:
         d = req.denial
         text = f"mcp-gate: {req.id} was denied by {d.approver}: {d.reason or 'no reason given'}."
+    elif req.status == "expired" and req.approved_by:
+        text = (
+            f"mcp-gate: {req.id} was approved by {', '.join(req.approved_by)} but expired "
+            "before it ran; call again to request a new approval."
+        )
     elif req.status == "expired":
         text = f"mcp-gate: {req.id} expired without a decision; the call was not run."
     elif req.status == "withdrawn":
