@@ -21,8 +21,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
-import secrets
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -31,6 +29,8 @@ from pathlib import Path
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from mcp_gate.gateway.keys import write_new
 
 from .model import GENESIS, AuditEvent, Checkpoint, EventKind, StoredEvent, VerifyReport
 from .store import AuditStore
@@ -73,26 +73,6 @@ class SigningKey:
         return self.private.public_key()
 
 
-def _write_new(path: Path, data: bytes, mode: int) -> bool:
-    """Create `path` with `data` unless it exists (atomic: write a private temporary file,
-    then hard-link it into place); True if this call created it."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            return False
-        return True
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-
-
 def _public_pem(public: Ed25519PublicKey) -> bytes:
     return public.public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -112,7 +92,7 @@ def load_signing_key(data_dir: Path) -> SigningKey:
                 serialization.PrivateFormat.PKCS8,
                 serialization.NoEncryption(),
             )
-            _write_new(path, pem, 0o600)  # lost the race: the winner's key is read below
+            write_new(path, pem, 0o600)  # lost the race: the winner's key is read below
         private = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except OSError as exc:
         raise SigningKeyError(
@@ -125,7 +105,7 @@ def load_signing_key(data_dir: Path) -> SigningKey:
     pub = data_dir / PUBLIC_KEY_FILE
     if not pub.exists():
         with contextlib.suppress(OSError):
-            _write_new(pub, _public_pem(private.public_key()), 0o644)
+            write_new(pub, _public_pem(private.public_key()), 0o644)
     return SigningKey(private, key_id_of(private.public_key()))
 
 
