@@ -184,6 +184,9 @@ class AuditSettings(_Strict):
     enabled: bool = True  # false: nothing is recorded (the decision still runs)
     checkpoint_every: Duration = 300.0  # how often the chain head is signed (and retention runs)
     retain: Duration = 90 * 86400.0  # events older than this are pruned (at a checkpoint)
+    # Groups whose members see every recorded session through the admin API (everyone else
+    # sees only their own). Empty: the policy's `[approval] approvers`, who judge agents' work.
+    viewers: list[Annotated[str, StringConstraints(min_length=1)]] = []
 
 
 class GateConfigFile(_Strict):

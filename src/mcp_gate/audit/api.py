@@ -51,12 +51,15 @@ def session_routes(
     store: AuditStore,
     authenticate: Authenticate,
     *,
-    viewer_groups: Iterable[str] = (),
+    viewer_groups: Iterable[str] | Callable[[], Iterable[str]] = (),
     prefix: str = "/admin/v1",
 ) -> list[BaseRoute]:
     """The session routes of the admin API (module docstring), authenticated by
-    `authenticate(request) -> Principal` as for `approvals.api.admin_routes`."""
-    viewers = frozenset(viewer_groups)
+    `authenticate(request) -> Principal` as for `approvals.api.admin_routes`.
+
+    `viewer_groups` may be a function, asked on every request (the groups can come from a
+    policy that is reloaded while the gateway runs)."""
+    groups = viewer_groups if callable(viewer_groups) else (lambda: tuple(viewer_groups))
     prefix = prefix.rstrip("/")
 
     async def principal_of(request: Request) -> Principal:
@@ -66,7 +69,7 @@ def session_routes(
         return result  # type: ignore[return-value]
 
     def sees_all(principal: Principal) -> bool:
-        return not viewers.isdisjoint(principal.groups)
+        return not principal.groups.isdisjoint(groups())
 
     def endpoint(
         handler: Callable[[Request, Principal], Awaitable[Response]],

@@ -111,11 +111,13 @@ async def serve_http(
             authenticate = bearer_authenticator(verifier, resource_metadata_url=None)
             admin = admin_routes(approvals, authenticate)
             if recorder is not None:
-                # Approvers see every session (they judge what agents do); others their own.
+                # `[audit] viewers` see every session, by default the approvers (they judge
+                # what agents do); others their own.
+                viewers = config.model.audit.viewers
                 admin += session_routes(
                     recorder.store,
                     authenticate,
-                    viewer_groups=policy().model.approval.approvers,
+                    viewer_groups=lambda: viewers or policy().model.approval.approvers,
                 )
             app = build_http_app(
                 server,
