@@ -370,15 +370,11 @@ class Recorder:
         principal: Principal,
         call: ToolCall,
         decision: Decision,
-        *,
-        durable: bool = True,
     ) -> str | None:
-        """Record a tools/call verdict. With `durable`, wait until it is committed and return
-        the refusal text to answer with if it could not be (None when it is on record)."""
+        """Record a tools/call verdict and wait until it is committed: every verdict, a
+        refusal too, is durable before the client sees it. Returns the refusal text to answer
+        with if it could not be committed (None when it is on record)."""
         event = self._decision_event(session_id, principal, call, decision)
-        if not durable:
-            self._enqueue(event)
-            return None
         if self._task is None or self._closing:
             return UNAVAILABLE.format(problem="the recorder is not running")
         done = asyncio.get_running_loop().create_future()
@@ -388,13 +384,6 @@ class Recorder:
         except AuditUnavailable as exc:
             return UNAVAILABLE.format(problem=str(exc) or "commit failed")
         return None
-
-    def refusal(
-        self, session_id: str | None, principal: Principal, call: ToolCall, decision: Decision
-    ) -> None:
-        """Record the verdict of a call refused before the policy's own branches (nothing
-        runs, so nobody waits for the commit)."""
-        self._enqueue(self._decision_event(session_id, principal, call, decision))
 
     def _decision_event(
         self, session_id: str | None, principal: Principal, call: ToolCall, decision: Decision

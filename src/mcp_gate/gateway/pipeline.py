@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from contextlib import AsyncExitStack
 from dataclasses import replace
 from typing import Any
 
@@ -18,7 +19,7 @@ from mcp_gate.audit.recorder import Recorder
 from mcp_gate.calls import Principal, ToolCall
 from mcp_gate.gateway.hold import Approvals, Interaction, hold
 from mcp_gate.gateway.results import error_result, refusal_text, with_decision
-from mcp_gate.gateway.upstream import Upstream
+from mcp_gate.gateway.upstream import PreparedCall, Upstream
 from mcp_gate.inspect.model import Inspection
 from mcp_gate.inspect.toolcall import inspect_call
 from mcp_gate.policy.engine import Decision
@@ -99,87 +100,111 @@ class Pipeline:
         inspection = await upstream.analyze(call, principal, inspection)
         engine = self._policy().engine
         decision = engine.decide(principal, call, inspection)
-        if (
-            inspection.estimated_rows is None
-            and inspection.unresolved is None  # refused below whatever the estimate
-            and (
-                decision.estimate_wanted
-                or (decision.decision == "review" and inspection.sql is not None)
-            )
-        ):
-            # EXPLAIN only when a rule could change on the estimate, or for the approver of a
-            # held SQL call: on the read path it costs a transaction on the database.
-            estimate = await upstream.estimate(call, principal, inspection)
-            inspection = replace(inspection, estimated_rows=estimate.rows)
-            decision = engine.decide(principal, call, inspection)
-            blocked = decision.blocked_by_estimate
-            if blocked:
-                # Fail closed: a rule that would hold or refuse the call cannot be evaluated.
-                rules = ", ".join(f'"{n}"' for n in blocked)
+        async with AsyncExitStack() as prepared_scope:
+            prepared: PreparedCall | None = None
+            if (
+                inspection.estimated_rows is None
+                and inspection.unresolved is None  # refused below whatever the estimate
+                and (
+                    decision.estimate_wanted
+                    or (decision.decision == "review" and inspection.sql is not None)
+                )
+            ):
+                # EXPLAIN only when a rule could change on the estimate, or for the approver of
+                # a held SQL call. A read explains inside the transaction it will run in
+                # (`Upstream.prepare`): nothing runs there unless allowed and on record below.
+                opened = upstream.prepare(call, principal, inspection)
+                if opened is not None:
+                    prepared = await prepared_scope.enter_async_context(opened)
+                    estimate = prepared.estimate
+                else:
+                    estimate = await upstream.estimate(call, principal, inspection)
+                inspection = replace(inspection, estimated_rows=estimate.rows)
+                decision = engine.decide(principal, call, inspection)
+                blocked = decision.blocked_by_estimate
+                if blocked:
+                    # Fail closed: a rule that would hold or refuse the call cannot be evaluated.
+                    rules = ", ".join(f'"{n}"' for n in blocked)
+                    decision = replace(
+                        decision,
+                        decision="deny",
+                        deciding=("estimated_rows_unknown",),
+                        default_used=False,
+                    )
+                    return await self._refuse(
+                        session_id,
+                        principal,
+                        call,
+                        decision,
+                        f"mcp-gate: denied (estimated_rows_unknown): rule {rules} depends on the "
+                        f"planner's row estimate, which the gateway could not get: "
+                        f"{estimate.problem or 'no estimate'}.",
+                    )
+            if inspection.unresolved is not None and decision.decision != "deny":
+                # Fail closed: what cannot be traced cannot be masked, whatever the policy allows.
                 decision = replace(
-                    decision,
-                    decision="deny",
-                    deciding=("estimated_rows_unknown",),
-                    default_used=False,
+                    decision, decision="deny", deciding=("lineage_unresolved",), default_used=False
                 )
-                self._record_refusal(session_id, principal, call, decision)
-                return error_result(
-                    f"mcp-gate: denied (estimated_rows_unknown): rule {rules} depends on the "
-                    f"planner's row estimate, which the gateway could not get: "
-                    f"{estimate.problem or 'no estimate'}.",
+                return await self._refuse(
+                    session_id,
+                    principal,
+                    call,
                     decision,
+                    "mcp-gate: denied (lineage_unresolved): the gateway cannot guarantee that "
+                    f"masked columns stay masked: {inspection.unresolved}.",
                 )
-        if inspection.unresolved is not None and decision.decision != "deny":
-            # Fail closed: what cannot be traced cannot be masked, whatever the policy allows.
-            decision = replace(
-                decision, decision="deny", deciding=("lineage_unresolved",), default_used=False
+            if decision.decision != "allow":
+                # Held or refused: the prepared transaction ends now, not after the approval.
+                await prepared_scope.aclose()
+                prepared = None
+            # Debug only: the audit record (not the log) is the account of every call, and a
+            # log line per call at info level was measured costing about 1 ms.
+            log.debug(
+                "call %s by %s: %s (%s)",
+                name,
+                principal.subject,
+                decision.decision,
+                ", ".join(decision.reasons),
             )
-            self._record_refusal(session_id, principal, call, decision)
-            return error_result(
-                "mcp-gate: denied (lineage_unresolved): the gateway cannot tell which columns "
-                f"this query returns, so it cannot mask them: {inspection.unresolved}. "
-                "Rewrite the query with plain column references.",
+            if self.recorder is not None:
+                # DESIGN §2.7: nothing runs (or is held to run later) before its decision is
+                # committed, and no verdict, a refusal included, reaches the client before its
+                # record is durable (a crash must not lose a decided call). No record, no run.
+                refused = await self.recorder.decision(session_id, principal, call, decision)
+                if refused is not None:
+                    return error_result(refused, decision)
+            if decision.decision == "review" and self._approvals is not None:
+                return await hold(
+                    self._approvals,
+                    principal,
+                    call,
+                    inspection,
+                    decision,
+                    interaction or Interaction(),
+                    lambda: self._run(upstream, call, principal, inspection, decision),
+                )
+            if decision.decision != "allow":
+                return error_result(refusal_text(decision), decision)
+            return with_decision(
+                await self._run(upstream, call, principal, inspection, decision, prepared),
                 decision,
             )
-        # Debug only: the audit record (not the log) is the account of every call, and a log
-        # line per call at info level was measured costing about 1 ms.
-        log.debug(
-            "call %s by %s: %s (%s)",
-            name,
-            principal.subject,
-            decision.decision,
-            ", ".join(decision.reasons),
-        )
+
+    async def _refuse(
+        self,
+        session_id: str | None,
+        principal: Principal,
+        call: ToolCall,
+        decision: Decision,
+        text: str,
+    ) -> types.CallToolResult:
+        """A refusal decided outside the policy's own verdict, answered once it is on record
+        (or with the recorder's own refusal when it cannot be)."""
         if self.recorder is not None:
-            # DESIGN §2.7: nothing runs (or is held to run later) before its decision is
-            # committed; a refusal needs no wait. No record, no run: fail closed.
-            refused = await self.recorder.decision(
-                session_id, principal, call, decision, durable=decision.decision != "deny"
-            )
+            refused = await self.recorder.decision(session_id, principal, call, decision)
             if refused is not None:
                 return error_result(refused, decision)
-        if decision.decision == "review" and self._approvals is not None:
-            return await hold(
-                self._approvals,
-                principal,
-                call,
-                inspection,
-                decision,
-                interaction or Interaction(),
-                lambda: self._run(upstream, call, principal, inspection, decision),
-            )
-        if decision.decision != "allow":
-            return error_result(refusal_text(decision), decision)
-        return with_decision(
-            await self._run(upstream, call, principal, inspection, decision), decision
-        )
-
-    def _record_refusal(
-        self, session_id: str | None, principal: Principal, call: ToolCall, decision: Decision
-    ) -> None:
-        """A refusal decided outside the policy's own verdict is on record too."""
-        if self.recorder is not None:
-            self.recorder.refusal(session_id, principal, call, decision)
+        return error_result(text, decision)
 
     async def _run(
         self,
@@ -188,8 +213,11 @@ class Pipeline:
         principal: Principal,
         inspection: Inspection,
         decision: Decision,
+        prepared: PreparedCall | None = None,
     ) -> types.CallToolResult:
         try:
+            if prepared is not None:
+                return await prepared.run()
             return await upstream.call_tool(call, principal, inspection)
         except Exception:
             # The upstream's own errors are reported by it as isError results; anything

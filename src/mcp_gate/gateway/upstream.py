@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -17,6 +19,18 @@ class Estimate:
 
     rows: int | None
     problem: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedCall:
+    """A call whose estimate was taken where it will run (one read-only transaction).
+
+    `run` runs the call there, at most once, and only after the pipeline allowed it and its
+    decision is on record; leaving the context without running it rolls everything back.
+    """
+
+    estimate: Estimate
+    run: Callable[[], Awaitable[types.CallToolResult]]
 
 
 class Upstream(Protocol):
@@ -51,6 +65,15 @@ class Upstream(Protocol):
     ) -> Estimate:
         """The rows the call would read or touch, asked only when the policy or an approver
         needs it; `rows` is None (with the reason) when this upstream cannot tell."""
+        ...
+
+    def prepare(
+        self, call: ToolCall, principal: Principal, inspection: Inspection
+    ) -> AbstractAsyncContextManager[PreparedCall] | None:
+        """The estimate and the call in one transaction, for a call whose policy needs the
+        estimate; None when this upstream cannot (the pipeline then asks `estimate` and runs
+        `call_tool`). Entering never runs the call and never raises for a database problem:
+        that is an unknown estimate."""
         ...
 
     async def call_tool(

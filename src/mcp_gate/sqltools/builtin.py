@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -13,7 +14,7 @@ from mcp import types
 
 from mcp_gate.calls import Principal, ToolCall
 from mcp_gate.config import ConnectionSettings
-from mcp_gate.gateway.upstream import Estimate
+from mcp_gate.gateway.upstream import Estimate, PreparedCall
 from mcp_gate.inspect.catalog import CatalogCache, CatalogError
 from mcp_gate.inspect.lineage import LineageCache, LineageUnresolved, explained_statement
 from mcp_gate.inspect.model import Inspection, Risk, SqlKind
@@ -21,7 +22,7 @@ from mcp_gate.mask.apply import mask_result, scan_tool_result, scan_tool_result_
 from mcp_gate.mask.messages import withhold_values
 from mcp_gate.mask.rules import MaskPlan
 from mcp_gate.mask.scan import scan_value
-from mcp_gate.sqltools import catalog_queries, execute, results
+from mcp_gate.sqltools import catalog_queries, estimate, execute, results
 from mcp_gate.sqltools.errors import FieldCountMismatch, SqlToolError
 from mcp_gate.sqltools.estimate import EXPLAINABLE, estimate_rows
 
@@ -327,8 +328,7 @@ class BuiltinSql:
         if call.tool not in ("sql_query", "sql_explain") or sql is None or conn is None:
             return Estimate(None, "only the SQL tools' statements have a row estimate")
         params = call.arguments.get("params")
-        lineage = inspection.lineage
-        estimate = await estimate_rows(
+        found = await estimate_rows(
             sql,
             params if isinstance(params, list) else None,
             read_pool=conn.read_pool,
@@ -336,13 +336,71 @@ class BuiltinSql:
             connection=conn.name,
             statement_timeout_ms=conn.statement_timeout_ms,
             lock_timeout_ms=conn.lock_timeout_ms,
-            withhold=lineage is not None
-            and bool(self.masking.plan().masked_columns(lineage.referenced_columns, principal)),
+            withhold=self._reads_masked(inspection, principal),
         )
-        if estimate.problem is None:
-            return estimate
+        return self._scrubbed(found, principal)
+
+    def _reads_masked(self, inspection: Inspection, principal: Principal) -> bool:
+        lineage = inspection.lineage
+        return lineage is not None and bool(
+            self.masking.plan().masked_columns(lineage.referenced_columns, principal)
+        )
+
+    def _scrubbed(self, found: Estimate, principal: Principal) -> Estimate:
+        if found.problem is None:
+            return found
         # PostgreSQL quotes values in its messages: the reason passes the detectors too.
-        return Estimate(None, self.masking.scrub(estimate.problem, principal))
+        return Estimate(None, self.masking.scrub(found.problem, principal))
+
+    def prepare(
+        self, call: ToolCall, principal: Principal, inspection: Inspection
+    ) -> AbstractAsyncContextManager[PreparedCall] | None:
+        """A traced single SELECT of `sql_query`: EXPLAIN and the read in one read-only
+        transaction (`execute.explained_read`). Anything else (writes, which are explained on
+        the write pool, `sql_explain`, untraced text) goes through `estimate`."""
+        sql = inspection.sql
+        conn = self.connections.get(call.connection or "")
+        if (
+            call.tool != "sql_query"
+            or conn is None
+            or sql is None
+            or sql.statement_count != 1
+            or sql.kind is not SqlKind.SELECT
+            or inspection.lineage is None
+        ):
+            return None
+        return self._prepared_query(conn, call, principal, inspection)
+
+    @asynccontextmanager
+    async def _prepared_query(
+        self, conn: Connection, call: ToolCall, principal: Principal, inspection: Inspection
+    ) -> AsyncIterator[PreparedCall]:
+        sql = inspection.sql
+        assert sql is not None  # checked by prepare()
+        params = call.arguments.get("params")
+        async with execute.explained_read(
+            conn.read_pool,
+            sql.text,
+            params if isinstance(params, list) else None,
+            statement_timeout_ms=conn.statement_timeout_ms,
+            lock_timeout_ms=conn.lock_timeout_ms,
+            idle_timeout_ms=conn.statement_timeout_ms + 5000,
+        ) as read:
+            if read.plan is not None:
+                found = Estimate(int(read.plan["estimated_rows"]))
+            else:
+                assert read.error is not None
+                failure = estimate.failed(
+                    read.error, withhold=self._reads_masked(inspection, principal)
+                )
+                found = self._scrubbed(failure, principal)
+
+            async def run() -> types.CallToolResult:
+                return await self._query(
+                    conn, call.arguments, inspection, principal, explained=read
+                )
+
+            yield PreparedCall(found, run)
 
     async def call_tool(
         self, call: ToolCall, principal: Principal, inspection: Inspection
@@ -378,7 +436,12 @@ class BuiltinSql:
 
     # -- the tools -------------------------------------------------------------------------
     async def _query(
-        self, conn: Connection, args: dict[str, Any], inspection: Inspection, principal: Principal
+        self,
+        conn: Connection,
+        args: dict[str, Any],
+        inspection: Inspection,
+        principal: Principal,
+        explained: execute.ExplainedRead | None = None,
     ) -> types.CallToolResult:
         sql = inspection.sql
         if sql is None or sql.statement_count != 1:
@@ -388,7 +451,7 @@ class BuiltinSql:
             # analyze() traces every such statement; never run one untraced.
             return _error("mcp-gate: denied (lineage_unresolved): the query was not traced.")
         try:
-            result = await self._run_query(conn, args, sql, lineage)
+            result = await self._run_query(conn, args, sql, lineage, explained)
         except FieldCountMismatch:
             if conn.catalog is not None:
                 conn.catalog.invalidate()  # the schema changed under the catalog
@@ -423,12 +486,19 @@ class BuiltinSql:
         )
 
     async def _run_query(
-        self, conn: Connection, args: dict[str, Any], sql: Any, lineage: Any
+        self,
+        conn: Connection,
+        args: dict[str, Any],
+        sql: Any,
+        lineage: Any,
+        explained: execute.ExplainedRead | None = None,
     ) -> Any:
         expected = len(lineage.outputs) if lineage is not None else None
         params = args.get("params") or None
         max_rows = min(int(args.get("max_rows") or conn.settings.max_rows), conn.settings.max_rows)
-        if sql.kind in READ_KINDS:
+        if explained is not None:  # the transaction its EXPLAIN ran in (a SELECT)
+            result = await explained.fetch(max_rows=max_rows, expected_columns=expected)
+        elif sql.kind in READ_KINDS:
             result = await execute.run_read(
                 conn.read_pool,
                 sql.text,

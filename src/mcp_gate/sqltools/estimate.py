@@ -54,13 +54,15 @@ async def estimate_rows(
             lock_timeout_ms=lock_timeout_ms,
             idle_timeout_ms=statement_timeout_ms + 5000,
         )
-    except SqlToolError as exc:
-        if withhold:
-            message = withhold_values(
-                getattr(exc, "message", str(exc)), getattr(exc, "sqlstate", None)
-            )
-            return Estimate(None, f"EXPLAIN failed: {message}")
-        return Estimate(None, f"EXPLAIN failed: {exc}")
-    except ValueError as exc:  # invalid limits: a configuration problem, no agent values
-        return Estimate(None, f"EXPLAIN failed: {exc}")
+    except (SqlToolError, ValueError) as exc:
+        return failed(exc, withhold=withhold)
     return Estimate(int(plan["estimated_rows"]))
+
+
+def failed(exc: SqlToolError | ValueError, *, withhold: bool) -> Estimate:
+    """The unknown estimate of an EXPLAIN that failed with `exc` (`withhold`: as for
+    `estimate_rows`). A ValueError is invalid limits: configuration, no agent values."""
+    if withhold and isinstance(exc, SqlToolError):
+        message = withhold_values(getattr(exc, "message", str(exc)), getattr(exc, "sqlstate", None))
+        return Estimate(None, f"EXPLAIN failed: {message}")
+    return Estimate(None, f"EXPLAIN failed: {exc}")

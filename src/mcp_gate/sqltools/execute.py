@@ -405,6 +405,134 @@ async def run_write(
     )
 
 
+def _plan_summary(raw: Any) -> dict[str, Any]:
+    """`{"plan", "estimated_rows", "estimated_cost"}` of an `EXPLAIN (FORMAT JSON)` result."""
+    if raw is None:
+        raise QueryError("EXPLAIN returned no plan")
+    plan = json.loads(raw) if isinstance(raw, str) else raw
+    try:
+        top = plan[0]["Plan"]
+        counted = top
+        if top.get("Node Type") == "ModifyTable":
+            # Its input ("Outer"); InitPlans and SubPlans are listed beside it.
+            inputs = [p for p in top.get("Plans", ()) if p.get("Parent Relationship") == "Outer"]
+            counted = inputs[0] if inputs else top
+        estimated_rows = int(counted["Plan Rows"])
+        estimated_cost = float(top["Total Cost"])
+    except (LookupError, TypeError, ValueError):
+        raise QueryError("EXPLAIN returned an unexpected plan shape") from None
+    return {"plan": plan, "estimated_rows": estimated_rows, "estimated_cost": estimated_cost}
+
+
+async def _explain_in_transaction(
+    conn: Any, sql: str, params: Sequence[Any] | None, timeout: float | None
+) -> dict[str, Any]:
+    # fetchval prepares through asyncpg's statement cache (extended protocol, one
+    # statement): an EXPLAIN the connection has seen before costs one round trip
+    # instead of two. Its result is always one json column.
+    raw = await conn.fetchval("EXPLAIN (FORMAT JSON)\n" + sql, *(params or ()), timeout=timeout)
+    if not conn.is_in_transaction():  # cannot happen for an EXPLAIN; never trust it
+        raise QueryError("the statement ended the gateway's read-only transaction")
+    return _plan_summary(raw)
+
+
+class ExplainedRead:
+    """One agent read, explained inside the read-only transaction it will run in.
+
+    `plan` is the EXPLAIN summary (as `explain` returns it), or None with `error` saying why
+    there is none. `fetch` runs the read itself in the same transaction, at most once; when
+    the EXPLAIN failed (the transaction is aborted then) or the transaction could not start,
+    it runs the plain `run_read` recipe instead, which reports its own error.
+    """
+
+    def __init__(
+        self, pool: Any, sql: str, params: Sequence[Any] | None, limits: dict[str, Any]
+    ) -> None:
+        self._pool = pool
+        self._sql = sql
+        self._params = params
+        self._limits = limits
+        self._conn: Any = None
+        self._used = False
+        self.plan: dict[str, Any] | None = None
+        self.error: SqlToolError | ValueError | None = None
+
+    async def fetch(self, *, max_rows: int, expected_columns: int | None = None) -> QueryResult:
+        """The read's rows (see `run_read`), in the transaction its EXPLAIN ran in."""
+        conn, self._conn = (None, None) if self._used or self.plan is None else (self._conn, None)
+        self._used = True
+        if conn is None:
+            return await run_read(
+                self._pool,
+                self._sql,
+                list(self._params) if self._params else None,
+                max_rows=max_rows,
+                expected_columns=expected_columns,
+                **self._limits,
+            )
+        started = time.perf_counter()
+        with map_errors(self._pool):
+            columns, rows, truncated = await fetch_in_transaction(
+                conn,
+                self._sql,
+                self._params,
+                max_rows=max_rows,
+                expected_columns=expected_columns,
+                timeout=_client_timeout(self._limits["statement_timeout_ms"]),
+            )
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        return QueryResult(columns, rows, len(rows), truncated, elapsed_ms)
+
+
+@asynccontextmanager
+async def explained_read(
+    pool: Any,
+    sql: str,
+    params: Sequence[Any] | None,
+    *,
+    statement_timeout_ms: int,
+    lock_timeout_ms: int,
+    idle_timeout_ms: int,
+    search_path: str = DEFAULT_SEARCH_PATH,
+) -> AsyncIterator[ExplainedRead]:
+    """The read recipe with `EXPLAIN (FORMAT JSON)` (never ANALYZE: nothing executes) of
+    `sql` first, on one connection: BEGIN READ ONLY + limits, EXPLAIN, then, if the caller
+    calls `fetch`, the read itself; always rolled back when the block ends, whether or not
+    the read ran. One transaction instead of two for a read whose policy needs the estimate.
+
+    Precondition as for `explain`: `sql` is one plain statement the caller classified as a
+    read. Never raises on entry: a failure to start or to explain is `error` (no plan).
+    """
+    limits = {
+        "statement_timeout_ms": statement_timeout_ms,
+        "lock_timeout_ms": lock_timeout_ms,
+        "idle_timeout_ms": idle_timeout_ms,
+        "search_path": search_path,
+    }
+    read = ExplainedRead(pool, sql, params, limits)
+    conn = None
+    try:
+        with map_errors(pool):
+            conn = await _begin(pool, _BEGIN_READ, acquire_timeout=ACQUIRE_TIMEOUT_S, **limits)
+            read._conn = conn
+            read.plan = await _explain_in_transaction(
+                conn, sql, params, _client_timeout(statement_timeout_ms)
+            )
+    except (SqlToolError, ValueError) as exc:
+        read.error = exc
+        read._conn = None
+        if conn is not None:
+            # An aborted transaction: give the connection back now, not after the decision.
+            await _release(pool, conn, rollback=True)
+            conn = None
+    try:
+        yield read
+    finally:
+        read._conn = None
+        if conn is not None:
+            await _release(pool, conn, rollback=True)
+
+
 async def explain(
     pool: Any,
     sql: str,
@@ -435,26 +563,4 @@ async def explain(
             idle_timeout_ms=idle_timeout_ms,
             search_path=search_path,
         ) as conn:
-            # fetchval prepares through asyncpg's statement cache (extended protocol, one
-            # statement): an EXPLAIN the connection has seen before costs one round trip
-            # instead of two. Its result is always one json column.
-            raw = await conn.fetchval(
-                "EXPLAIN (FORMAT JSON)\n" + sql, *(params or ()), timeout=timeout
-            )
-            if not conn.is_in_transaction():  # cannot happen for an EXPLAIN; never trust it
-                raise QueryError("the statement ended the gateway's read-only transaction")
-    if raw is None:
-        raise QueryError("EXPLAIN returned no plan")
-    plan = json.loads(raw) if isinstance(raw, str) else raw
-    try:
-        top = plan[0]["Plan"]
-        counted = top
-        if top.get("Node Type") == "ModifyTable":
-            # Its input ("Outer"); InitPlans and SubPlans are listed beside it.
-            inputs = [p for p in top.get("Plans", ()) if p.get("Parent Relationship") == "Outer"]
-            counted = inputs[0] if inputs else top
-        estimated_rows = int(counted["Plan Rows"])
-        estimated_cost = float(top["Total Cost"])
-    except (LookupError, TypeError, ValueError):
-        raise QueryError("EXPLAIN returned an unexpected plan shape") from None
-    return {"plan": plan, "estimated_rows": estimated_rows, "estimated_cost": estimated_cost}
+            return await _explain_in_transaction(conn, sql, params, timeout)
