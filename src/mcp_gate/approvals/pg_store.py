@@ -56,6 +56,8 @@ from .store import (
     DecideResult,
     StoreChange,
     StoreError,
+    approval_from_row,
+    decision_from_row,
 )
 
 log = logging.getLogger("mcp_gate.approvals")
@@ -152,39 +154,8 @@ def _dumps(value: Any) -> str:
 
 
 def _approval(row: asyncpg.Record) -> ApprovalRequest:
-    return ApprovalRequest(
-        id=row["id"],
-        status=Status(row["status"]),
-        principal=Principal(
-            subject=row["subject"],
-            groups=frozenset(json.loads(row["groups"])),
-            client_id=row["client_id"],
-        ),
-        target=row["target"],
-        tool=row["tool"],
-        arguments_digest=row["arguments_digest"],
-        policy_version=row["policy_version"],
-        approvers=tuple(json.loads(row["approvers"])),
-        quorum=row["quorum"],
-        created_at=row["created_at"],
-        expires_at=row["expires_at"],
-        sql=row["sql"],
-        reasons=tuple(json.loads(row["reasons"])),
-        justification=row["justification"],
-        estimated_rows=row["estimated_rows"],
-        decisions=tuple(
-            ApprovalDecision(
-                approver=d["approver"],
-                approver_groups=frozenset(d["approver_groups"]),
-                decision=d["decision"],
-                reason=d["reason"],
-                at=float(d["at"]),
-            )
-            for d in json.loads(row["decisions"])
-        ),
-        decided_at=row["decided_at"],
-        executed_at=row["executed_at"],
-    )
+    # `decisions` is the `jsonb_agg` of `_SELECT`: one JSON text, its objects decoded here.
+    return approval_from_row(row, map(decision_from_row, json.loads(row["decisions"])))
 
 
 class PostgresApprovalStore(ApprovalStore):

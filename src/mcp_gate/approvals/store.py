@@ -55,12 +55,12 @@ import builtins
 import json
 import sqlite3
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from mcp_gate.calls import Principal
 
@@ -252,6 +252,57 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
+class Row(Protocol):
+    """A result row by column name: `sqlite3.Row` and `asyncpg.Record` both are."""
+
+    def __getitem__(self, key: str, /) -> Any: ...
+
+
+def json_column(value: Any) -> Any:
+    """A JSON column's value: SQLite (and asyncpg's jsonb without a codec) return the text,
+    a value nested in a decoded `jsonb_agg` is already decoded."""
+    return json.loads(value) if isinstance(value, str | bytes) else value
+
+
+def decision_from_row(row: Row) -> ApprovalDecision:
+    """An `approval_decisions` row (or the same keys in a JSON object) as a decision."""
+    return ApprovalDecision(
+        approver=row["approver"],
+        approver_groups=frozenset(json_column(row["approver_groups"])),
+        decision=row["decision"],
+        reason=row["reason"],
+        at=float(row["at"]),
+    )
+
+
+def approval_from_row(row: Row, decisions: Iterable[ApprovalDecision]) -> ApprovalRequest:
+    """An `approvals` row (SQLite or PostgreSQL) with its decisions, oldest first."""
+    return ApprovalRequest(
+        id=row["id"],
+        status=Status(row["status"]),
+        principal=Principal(
+            subject=row["subject"],
+            groups=frozenset(json_column(row["groups"])),
+            client_id=row["client_id"],
+        ),
+        target=row["target"],
+        tool=row["tool"],
+        arguments_digest=row["arguments_digest"],
+        policy_version=row["policy_version"],
+        approvers=tuple(json_column(row["approvers"])),
+        quorum=row["quorum"],
+        created_at=row["created_at"],
+        expires_at=row["expires_at"],
+        sql=row["sql"],
+        reasons=tuple(json_column(row["reasons"])),
+        justification=row["justification"],
+        estimated_rows=row["estimated_rows"],
+        decisions=tuple(decisions),
+        decided_at=row["decided_at"],
+        executed_at=row["executed_at"],
+    )
+
+
 class SqliteApprovalStore(ApprovalStore):
     """`ApprovalStore` in a SQLite file (created with its directory if missing)."""
 
@@ -375,42 +426,8 @@ class SqliteApprovalStore(ApprovalStore):
             f"SELECT * FROM approval_decisions WHERE request_id IN ({marks}) ORDER BY at, rowid",
             ids,
         ):
-            decisions[d["request_id"]].append(
-                ApprovalDecision(
-                    approver=d["approver"],
-                    approver_groups=frozenset(json.loads(d["approver_groups"])),
-                    decision=d["decision"],
-                    reason=d["reason"],
-                    at=d["at"],
-                )
-            )
-        return [
-            ApprovalRequest(
-                id=row["id"],
-                status=Status(row["status"]),
-                principal=Principal(
-                    subject=row["subject"],
-                    groups=frozenset(json.loads(row["groups"])),
-                    client_id=row["client_id"],
-                ),
-                target=row["target"],
-                tool=row["tool"],
-                arguments_digest=row["arguments_digest"],
-                policy_version=row["policy_version"],
-                approvers=tuple(json.loads(row["approvers"])),
-                quorum=row["quorum"],
-                created_at=row["created_at"],
-                expires_at=row["expires_at"],
-                sql=row["sql"],
-                reasons=tuple(json.loads(row["reasons"])),
-                justification=row["justification"],
-                estimated_rows=row["estimated_rows"],
-                decisions=tuple(decisions[row["id"]]),
-                decided_at=row["decided_at"],
-                executed_at=row["executed_at"],
-            )
-            for row in rows
-        ]
+            decisions[d["request_id"]].append(decision_from_row(d))
+        return [approval_from_row(row, decisions[row["id"]]) for row in rows]
 
     @classmethod
     def _load_ids(cls, conn: sqlite3.Connection, ids: Sequence[str]) -> list[ApprovalRequest]:
