@@ -62,6 +62,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+from mcp_gate import sqlite_db
 from mcp_gate.calls import Principal
 
 from .model import ApprovalDecision, ApprovalRequest, EventKind, Status
@@ -245,6 +246,9 @@ _SCHEMA_V1 = (
     """,
 )
 
+#: version → the statements that lead to it from the previous one (`sqlite_db.migrate`).
+_MIGRATIONS: dict[int, tuple[str, ...]] = {1: _SCHEMA_V1}
+
 _OPEN = "('pending', 'approved')"
 
 
@@ -336,64 +340,17 @@ class SqliteApprovalStore(ApprovalStore):
             await asyncio.wrap_future(closing)
 
     def _connect(self) -> sqlite3.Connection:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(
-            self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
-        )
+        conn = sqlite_db.connect(self.path, busy_timeout=self.busy_timeout, error=StoreError)
         try:
-            conn.row_factory = sqlite3.Row
-            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise StoreError(f"{self.path}: cannot use WAL mode (got {mode})")
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.execute("PRAGMA foreign_keys=ON")
-            self._migrate(conn)
+            sqlite_db.migrate(conn, _COMPONENT, _MIGRATIONS, path=self.path, error=StoreError)
         except BaseException:
             conn.close()
             raise
         return conn
 
-    def _migrate(self, conn: sqlite3.Connection) -> None:
-        def migrate(c: sqlite3.Connection) -> None:
-            c.execute(
-                "CREATE TABLE IF NOT EXISTS mcp_gate_schema "
-                "(component TEXT PRIMARY KEY, version INTEGER NOT NULL)"
-            )
-            row = c.execute(
-                "SELECT version FROM mcp_gate_schema WHERE component = ?", (_COMPONENT,)
-            ).fetchone()
-            version = row[0] if row else 0
-            if version > SCHEMA_VERSION:
-                raise StoreError(
-                    f"{self.path}: approvals schema version {version} is newer than this "
-                    f"mcp-gate understands ({SCHEMA_VERSION})"
-                )
-            if version < 1:
-                for statement in _SCHEMA_V1:
-                    c.execute(statement)
-            c.execute(
-                "INSERT INTO mcp_gate_schema (component, version) VALUES (?, ?) "
-                "ON CONFLICT (component) DO UPDATE SET version = excluded.version",
-                (_COMPONENT, SCHEMA_VERSION),
-            )
-
-        self._transaction(conn, migrate)
-
-    @staticmethod
-    def _transaction(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            result = fn(conn)
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-        return result
-
     async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         conn, thread = self._require()
-        return await asyncio.wrap_future(thread.submit(self._transaction, conn, fn))
+        return await asyncio.wrap_future(thread.submit(sqlite_db.transaction, conn, fn))
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         conn, thread = self._require()
