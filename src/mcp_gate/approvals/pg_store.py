@@ -22,7 +22,7 @@ checks the connection every `health_interval` seconds, reconnects with backoff w
 lost, and then yields a "re-read everything" change so nothing missed meanwhile is lost.
 
 Schema (version 1, in `mcp_gate_schema` as `approvals`; migrations run under a transaction-
-scoped advisory lock, `SCHEMA_LOCK`, so replicas starting together do not race): the SQLite
+scoped advisory lock, `pg_db.SCHEMA_LOCK`, so replicas starting together do not race): the SQLite
 tables with jsonb for the JSON columns, double precision Unix timestamps, and a `seq` column
 ordering the decisions.
 
@@ -44,7 +44,7 @@ from typing import Any, TypeVar, cast, get_args
 import asyncpg
 
 from mcp_gate.calls import Principal
-from mcp_gate.sqltools.dsn import DsnError, describe_target, dsn_password, scrub, to_asyncpg_dsn
+from mcp_gate.pg_db import PgEndpoint
 
 from .model import ApprovalDecision, ApprovalRequest, EventKind, Status
 from .store import (
@@ -65,20 +65,10 @@ log = logging.getLogger("mcp_gate.approvals")
 T = TypeVar("T")
 
 CHANNEL = "mcp_gate_approvals"
-#: `pg_advisory_xact_lock` key every mcp-gate component takes while migrating its schema
-#: ("mcp_gate" in ASCII).
-SCHEMA_LOCK = 0x6D63705F67617465
 APPLICATION_NAME = "mcp-gate approvals"
 _COMPONENT = "approvals"
 _EVENT_KINDS = frozenset(get_args(EventKind))
 _RETRIED = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
-# Retrying cannot help after these (SQLSTATE → what it means).
-_FATAL_SQLSTATES = {
-    "28000": "the server refused the login",
-    "28P01": "password authentication failed",
-    "3D000": "the database does not exist",
-    "42501": "the role may not connect",
-}
 
 _SCHEMA_V1 = (
     """
@@ -125,6 +115,8 @@ _SCHEMA_V1 = (
     )
     """,
 )
+_MIGRATIONS: dict[int, tuple[str, ...]] = {1: _SCHEMA_V1}
+assert max(_MIGRATIONS) == SCHEMA_VERSION  # one schema version for both stores
 
 _OPEN = "('pending', 'approved')"
 # A request with its decisions in one statement (one snapshot, one round trip).
@@ -178,16 +170,21 @@ class PostgresApprovalStore(ApprovalStore):
         health_interval: float = 10.0,
         channel: str = CHANNEL,
     ) -> None:
-        self.target = str(describe_target(dsn))
+        self._db = PgEndpoint(
+            dsn,
+            password,
+            name="approval store",
+            application_name=APPLICATION_NAME,
+            error=StoreError,
+            log=log,
+            connect_timeout=connect_timeout,
+            attempts=connect_attempts,
+        )
+        self.target = self._db.target
         self.channel = channel
         self.origin = secrets.token_hex(8)
         self.health_interval = health_interval
-        self._dsn = dsn
-        self._password = password
-        self._secrets = tuple(s for s in (password, dsn_password(dsn)) if s)
         self._min_size, self._max_size = min_size, max_size
-        self._connect_timeout = connect_timeout
-        self._attempts = max(1, connect_attempts)
         self._pool: asyncpg.Pool | None = None
 
     def __repr__(self) -> str:
@@ -195,67 +192,18 @@ class PostgresApprovalStore(ApprovalStore):
 
     # -- plumbing ---------------------------------------------------------------------------
 
-    def _problem(self, exc: BaseException) -> str:
-        text = str(exc).strip()
-        if not isinstance(exc, asyncpg.PostgresError):
-            text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-        return scrub(text, self._secrets)
-
     def _error(self, exc: BaseException, doing: str = "failed") -> StoreError:
-        return StoreError(f"the approval store ({self.target}) {doing}: {self._problem(exc)}")
-
-    async def _with_retries(self, connect: Callable[[], Awaitable[T]]) -> T:
-        """`connect()` up to `connect_attempts` times; StoreError (no password) after."""
-        delay = 0.5
-        for attempt in range(1, self._attempts + 1):
-            try:
-                return await connect()
-            except (OSError, TimeoutError, asyncpg.PostgresError,
-                    asyncpg.InterfaceError, DsnError, ValueError) as exc:  # fmt: skip
-                fatal = _FATAL_SQLSTATES.get(getattr(exc, "sqlstate", "") or "")
-                if fatal is None and isinstance(exc, DsnError | ValueError):
-                    fatal = "invalid connection settings"
-                if fatal is not None or attempt == self._attempts:
-                    reason = f"{fatal}: " if fatal else ""
-                    raise StoreError(
-                        f"the approval store ({self.target}) is unavailable after {attempt} "
-                        f"attempt(s): {reason}{self._problem(exc)}"
-                    ) from None
-                log.warning(
-                    "approval store (%s): attempt %d/%d failed (%s); retrying in %.1fs",
-                    self.target, attempt, self._attempts, self._problem(exc), delay,
-                )  # fmt: skip
-                await asyncio.sleep(delay)
-                delay *= 2
-        raise AssertionError("unreachable")
-
-    async def _connect(self) -> asyncpg.Connection:
-        """A dedicated connection (for LISTEN)."""
-        return await asyncpg.connect(
-            to_asyncpg_dsn(self._dsn),
-            password=self._password,
-            timeout=self._connect_timeout,
-            server_settings={"application_name": APPLICATION_NAME},
-        )
+        return StoreError(f"the approval store ({self.target}) {doing}: {self._db.problem(exc)}")
 
     async def open(self) -> None:
         if self._pool is not None:
             return
-
-        async def connect() -> asyncpg.Pool:
-            return await asyncpg.create_pool(
-                to_asyncpg_dsn(self._dsn),
-                password=self._password,
-                min_size=self._min_size,
-                max_size=self._max_size,
-                timeout=self._connect_timeout,
-                server_settings={"application_name": APPLICATION_NAME},
-            )
-
-        pool = await self._with_retries(connect)
+        pool = await self._db.with_retries(
+            lambda: self._db.create_pool(min_size=self._min_size, max_size=self._max_size)
+        )
         try:
             async with pool.acquire() as conn:
-                await self._migrate(conn)
+                await self._db.migrate(conn, _COMPONENT, _MIGRATIONS)
         except BaseException as exc:
             await pool.close()
             if isinstance(exc, asyncpg.PostgresError | OSError | asyncpg.InterfaceError):
@@ -267,32 +215,6 @@ class PostgresApprovalStore(ApprovalStore):
         pool, self._pool = self._pool, None
         if pool is not None:
             await pool.close()
-
-    async def _migrate(self, conn: asyncpg.Connection) -> None:
-        async with conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", SCHEMA_LOCK)
-            await conn.execute(
-                "CREATE TABLE IF NOT EXISTS mcp_gate_schema "
-                "(component text PRIMARY KEY, version integer NOT NULL)"
-            )
-            version = await conn.fetchval(
-                "SELECT version FROM mcp_gate_schema WHERE component = $1", _COMPONENT
-            )
-            version = version or 0
-            if version > SCHEMA_VERSION:
-                raise StoreError(
-                    f"the approval store ({self.target}): approvals schema version {version} "
-                    f"is newer than this mcp-gate understands ({SCHEMA_VERSION})"
-                )
-            if version < 1:
-                for statement in _SCHEMA_V1:
-                    await conn.execute(statement)
-            await conn.execute(
-                "INSERT INTO mcp_gate_schema (component, version) VALUES ($1, $2) "
-                "ON CONFLICT (component) DO UPDATE SET version = excluded.version",
-                _COMPONENT,
-                SCHEMA_VERSION,
-            )
 
     def _require(self) -> asyncpg.Pool:
         if self._pool is None:
@@ -611,7 +533,7 @@ class PostgresChangeFeed(ChangeFeed):
 
     async def _listen(self) -> asyncpg.Connection:
         store = self._store
-        conn = await store._with_retries(store._connect)
+        conn = await store._db.with_retries(store._db.connect)
         try:
             lost = asyncio.Event()
             conn.add_termination_listener(lambda _conn: lost.set())

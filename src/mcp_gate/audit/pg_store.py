@@ -11,7 +11,7 @@ A failed commit (server gone, disk full on the server, connection lost) makes ev
 that commit raise `AuditUnavailable` naming the store as `user@host:port/database`, never its
 password; the next commit tries again. Schema: component `audit` in `mcp_gate_schema`
 (version 1), the SQLite tables with PostgreSQL types; migrations run under the advisory lock
-every mcp-gate component takes (`approvals.pg_store.SCHEMA_LOCK`). `data` is kept as text, not
+every mcp-gate component takes (`pg_db.SCHEMA_LOCK`). `data` is kept as text, not
 jsonb: the chain hash covers the exact JSON written, and jsonb would renormalise it.
 """
 
@@ -27,8 +27,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 
-from mcp_gate.approvals.pg_store import SCHEMA_LOCK
-from mcp_gate.sqltools.dsn import DsnError, describe_target, dsn_password, scrub, to_asyncpg_dsn
+from mcp_gate.pg_db import DB_ERRORS, PgEndpoint
 
 from .model import GENESIS, AuditEvent, Checkpoint, SessionInfo, StoredEvent
 from .rows import (
@@ -50,13 +49,6 @@ T = TypeVar("T")
 SCHEMA_VERSION = 1
 COMPONENT = "audit"
 APPLICATION_NAME = "mcp-gate audit"
-_FATAL_SQLSTATES = {
-    "28000": "the server refused the login",
-    "28P01": "password authentication failed",
-    "3D000": "the database does not exist",
-    "42501": "the role may not connect",
-}
-_DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 
 _MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: (
@@ -155,14 +147,19 @@ class PostgresAuditStore(AuditStore):
         connect_attempts: int = 3,
         max_batch: int = 2000,
     ) -> None:
-        self.target = str(describe_target(dsn))
+        self._db = PgEndpoint(
+            dsn,
+            password,
+            name="audit store",
+            application_name=APPLICATION_NAME,
+            error=AuditUnavailable,
+            log=log,
+            connect_timeout=connect_timeout,
+            attempts=connect_attempts,
+        )
+        self.target = self._db.target
         self.max_batch = max_batch
-        self._dsn = dsn
-        self._password = password
-        self._secrets = tuple(s for s in (password, dsn_password(dsn)) if s)
         self._min_size, self._max_size = min_size, max_size
-        self._connect_timeout = connect_timeout
-        self._attempts = max(1, connect_attempts)
         self._pool: asyncpg.Pool | None = None
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
@@ -173,88 +170,27 @@ class PostgresAuditStore(AuditStore):
 
     # -- plumbing ---------------------------------------------------------------------------
 
-    def _problem(self, exc: BaseException) -> str:
-        text = str(exc).strip()
-        if not isinstance(exc, asyncpg.PostgresError):
-            text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-        return scrub(text, self._secrets)
-
     def _unavailable(self, exc: BaseException, doing: str = "cannot record") -> AuditUnavailable:
-        return AuditUnavailable(f"the audit store ({self.target}) {doing}: {self._problem(exc)}")
+        return AuditUnavailable(f"the audit store ({self.target}) {doing}: {self._db.problem(exc)}")
 
     async def open(self) -> None:
         if self._pool is not None:
             return
         if self._closed:
             raise AuditUnavailable("the audit store is closed")
-        pool = await self._create_pool()
+        pool = await self._db.with_retries(
+            lambda: self._db.create_pool(min_size=self._min_size, max_size=self._max_size)
+        )
         try:
             async with pool.acquire() as conn:
-                await self._migrate(conn)
+                await self._db.migrate(conn, COMPONENT, _MIGRATIONS)
         except BaseException as exc:
             await pool.close()
-            if isinstance(exc, _DB_ERRORS):
+            if isinstance(exc, DB_ERRORS):
                 raise self._unavailable(exc, "cannot be set up") from None
             raise
         self._pool = pool
         self._writer = asyncio.create_task(self._run(), name="mcp-gate-audit-writer")
-
-    async def _create_pool(self) -> asyncpg.Pool:
-        delay = 0.5
-        for attempt in range(1, self._attempts + 1):
-            try:
-                return await asyncpg.create_pool(
-                    to_asyncpg_dsn(self._dsn),
-                    password=self._password,
-                    min_size=self._min_size,
-                    max_size=self._max_size,
-                    timeout=self._connect_timeout,
-                    server_settings={"application_name": APPLICATION_NAME},
-                )
-            except (*_DB_ERRORS, DsnError, ValueError) as exc:
-                fatal = _FATAL_SQLSTATES.get(getattr(exc, "sqlstate", "") or "")
-                if fatal is None and isinstance(exc, DsnError | ValueError):
-                    fatal = "invalid connection settings"
-                if fatal is not None or attempt == self._attempts:
-                    reason = f"{fatal}: " if fatal else ""
-                    raise AuditUnavailable(
-                        f"the audit store ({self.target}) is unavailable after {attempt} "
-                        f"attempt(s): {reason}{self._problem(exc)}"
-                    ) from None
-                log.warning(
-                    "audit store (%s): attempt %d/%d failed (%s); retrying in %.1fs",
-                    self.target, attempt, self._attempts, self._problem(exc), delay,
-                )  # fmt: skip
-                await asyncio.sleep(delay)
-                delay *= 2
-        raise AssertionError("unreachable")
-
-    async def _migrate(self, conn: asyncpg.Connection) -> None:
-        latest = max(_MIGRATIONS)
-        async with conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", SCHEMA_LOCK)
-            await conn.execute(
-                "CREATE TABLE IF NOT EXISTS mcp_gate_schema "
-                "(component text PRIMARY KEY, version integer NOT NULL)"
-            )
-            version = await conn.fetchval(
-                "SELECT version FROM mcp_gate_schema WHERE component = $1", COMPONENT
-            )
-            version = version or 0
-            if version > latest:
-                raise AuditUnavailable(
-                    f"the audit store ({self.target}): audit schema version {version} is "
-                    f"newer than this mcp-gate understands ({latest})"
-                )
-            for target in sorted(v for v in _MIGRATIONS if v > version):
-                for statement in _MIGRATIONS[target]:
-                    await conn.execute(statement)
-            await conn.execute(
-                "INSERT INTO mcp_gate_schema (component, version) VALUES ($1, $2) "
-                "ON CONFLICT (component) DO UPDATE SET version = excluded.version",
-                COMPONENT,
-                latest,
-            )
 
     async def close(self) -> None:
         if self._closed:
@@ -279,7 +215,7 @@ class PostgresAuditStore(AuditStore):
     async def _errors(self, doing: str) -> AsyncIterator[None]:
         try:
             yield
-        except _DB_ERRORS as exc:
+        except DB_ERRORS as exc:
             raise self._unavailable(exc, doing) from None
 
     async def _tx(self, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
