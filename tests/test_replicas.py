@@ -19,10 +19,10 @@ import httpx
 import pytest
 
 from gateway_helpers import MCP_GATE, Gateway, running_gateway, text_of, write_config
+from mcp_gate.auth.dev_issuer import dev_issuer_for
 from mcp_gate.config import load_config
 from mcp_gate.demo.embedded import free_port
 from mcp_gate.demo.sample import load_sample
-from mcp_gate.gateway.runtime import dev_issuer_for
 from pgserver import admin_execute, dsn_with, quote_ident, run_sync, unique_name
 
 pytestmark = pytest.mark.slow

@@ -1,4 +1,14 @@
-"""The `mcp-gate` command line: argument parsing only; the work lives in the packages."""
+"""The `mcp-gate` command line: argument parsing only; the work lives in the packages.
+
+Each command imports its package when it runs, not at module import: the gateway's stack
+(MCP SDK, SQL parsers) takes seconds to load, and `--help`, `token` or `audit verify` need
+none of it.
+
+Help texts are Markdown (typer's "markdown" markup mode): a docstring's lines are wrapped
+to the terminal, where the "rich" mode would keep every line break of the source. Each
+docstring's first paragraph is the one line `mcp-gate --help` lists; give each example a
+paragraph of its own.
+"""
 
 from __future__ import annotations
 
@@ -9,32 +19,22 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from mcp_gate import __version__
-from mcp_gate.approvals import commands as approval_commands
-from mcp_gate.audit import commands as audit_commands
-from mcp_gate.config import DEFAULT_CONFIG
-from mcp_gate.gateway import commands as gateway_commands
-from mcp_gate.policy import commands as policy_commands
-from mcp_gate.tui import commands as tui_commands
+from mcp_gate import DEFAULT_CONFIG, __version__
 
 app = typer.Typer(
     name="mcp-gate",
     help="A security gateway between AI agents (MCP clients) and your databases: per-call "
     "policy, human approvals, column masking and audit.",
     no_args_is_help=True,
-    rich_markup_mode="rich",
+    rich_markup_mode="markdown",
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 policy_app = typer.Typer(
     help="Check a policies.toml and try calls against it.", no_args_is_help=True
 )
 app.add_typer(policy_app, name="policy")
-approvals_app = typer.Typer(
-    help="Answer held calls as an approver, over the gateway's admin API. With no command: "
-    "open the live approvals TUI (arrows or j/k select, a approve, d deny with a reason, "
-    "/ filter, ? help, q quit). The commands below are for scripts.",
-    invoke_without_command=True,
-)
+# Its help is the callback's docstring (`approvals_tui`).
+approvals_app = typer.Typer(invoke_without_command=True)
 app.add_typer(approvals_app, name="approvals")
 sessions_app = typer.Typer(help="Recorded sessions (the audit store).", no_args_is_help=True)
 app.add_typer(sessions_app, name="sessions")
@@ -82,12 +82,14 @@ def serve(
         bool,
         typer.Option(
             "--stdio",
-            help="Serve one client over stdin/stdout as the \\[auth.local] principal, "
+            help="Serve one client over stdin/stdout as the `[auth.local]` principal, "
             "instead of streamable HTTP.",
         ),
     ] = False,
 ) -> None:
     """Run the gateway: streamable HTTP at /mcp (both MCP protocol eras), or --stdio."""
+    from mcp_gate.gateway import commands as gateway_commands
+
     raise typer.Exit(gateway_commands.serve(config, stdio=stdio, err=_err))
 
 
@@ -97,10 +99,16 @@ def demo(
         int, typer.Option("--port", help="Port for the gateway (a free one if taken).")
     ] = 8765,
 ) -> None:
-    """Start a complete local setup: embedded PostgreSQL with sample data (customers with
-    emails, SSNs and card numbers; orders; payments), the repository's policies.toml, and a
-    gateway on 127.0.0.1 with a dev token issuer. Prints the MCP URL, tokens and ready-to-paste
-    client configs. Ctrl-C stops everything and removes what it started."""
+    """Start a complete local setup: sample database, policies and a gateway.
+
+    Embedded PostgreSQL with sample data (customers with emails, SSNs and card numbers;
+    orders; payments), the repository's policies.toml, and a gateway on 127.0.0.1 with a dev
+    token issuer. Prints the MCP URL, tokens and ready-to-paste client configs, and how to
+    approve, list sessions and replay them from the same folder. Ctrl-C stops everything and
+    removes what it started.
+    """
+    from mcp_gate.gateway import commands as gateway_commands
+
     raise typer.Exit(gateway_commands.demo(port=port, console=_out, err=_err))
 
 
@@ -115,12 +123,14 @@ def token(
     ] = "",
     ttl: Annotated[str, typer.Option("--ttl", help="Lifetime, e.g. 30m, 1h, 1d.")] = "1h",
 ) -> None:
-    """Print a bearer token signed by the dev issuer (\\[auth] dev_issuer = true), alone on stdout.
+    """Print a bearer token signed by the dev issuer, alone on stdout.
 
-    Works whether or not the gateway is running. Example:
+    Needs `[auth] dev_issuer = true`; works whether or not the gateway is running. Example:
 
-      export TOKEN=$(mcp-gate token --sub alice --groups dba)
+        export TOKEN=$(mcp-gate token --sub alice --groups dba)
     """
+    from mcp_gate.gateway import commands as gateway_commands
+
     raise typer.Exit(
         gateway_commands.token(
             config,
@@ -142,6 +152,8 @@ PolicyPath = Annotated[
 @policy_app.command("check")
 def policy_check(file: PolicyPath = Path("policies.toml")) -> None:
     """Validate a policy file. Exit 0 when valid; 2 with each problem's file, line and key."""
+    from mcp_gate.policy import commands as policy_commands
+
     raise typer.Exit(policy_commands.check(file, _out, _err))
 
 
@@ -189,12 +201,14 @@ def policy_test(
 
     Examples:
 
-      mcp-gate policy test --sql "DELETE FROM orders"
+        mcp-gate policy test --sql "DELETE FROM orders"
 
-      mcp-gate policy test --sql "UPDATE orders SET status='x' WHERE id=1" --as alice --groups dba
+        mcp-gate policy test --sql "UPDATE orders SET status='x' WHERE id=1" --as alice --groups dba
 
-      mcp-gate policy test --tool read_file --upstream fs --args '{"path": "/etc/passwd"}'
+        mcp-gate policy test --tool read_file --upstream fs --args '{"path": "/etc/passwd"}'
     """
+    from mcp_gate.policy import commands as policy_commands
+
     raise typer.Exit(
         policy_commands.test(
             file,
@@ -228,6 +242,8 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts
 
 
 def _approvals(action: str, **kw: object) -> None:
+    from mcp_gate.approvals import commands as approval_commands
+
     raise typer.Exit(approval_commands.run(action, out=_out, err=_err, **kw))  # type: ignore[arg-type]
 
 
@@ -238,12 +254,16 @@ def approvals_tui(
     token: TokenOption = None,
     config: ConfigPath = Path(DEFAULT_CONFIG),
 ) -> None:
-    """Open the approvals TUI, e.g. `mcp-gate approvals --gateway http://127.0.0.1:8765`.
+    """Answer held calls as an approver: the live TUI, or the commands below for scripts.
 
+    With no command it opens the TUI (arrows or j/k select, a approve, d deny with a reason,
+    / filter, ? help, q quit), e.g. `mcp-gate approvals --gateway http://127.0.0.1:8765`.
     Next to a running `mcp-gate demo` it needs no options: it uses the demo's gateway and
     alice's (dba) approver token.
     """
     if ctx.invoked_subcommand is None:
+        from mcp_gate.tui import commands as tui_commands
+
         raise typer.Exit(tui_commands.run(gateway=gateway, token=token, config=config, err=_err))
     # `mcp-gate approvals --token T list`: options given to the group are the command's defaults.
     given = {"gateway": gateway, "token": token}
@@ -322,6 +342,8 @@ def sessions_list(
     as_json: JsonOption = False,
 ) -> None:
     """List recorded sessions, newest first: who, how, when, calls and denials."""
+    from mcp_gate.audit import commands as audit_commands
+
     raise typer.Exit(
         audit_commands.sessions_list(
             config,
@@ -343,15 +365,25 @@ def replay(
         bool, typer.Option("--follow", "-f", help="Keep showing a live session until it ends.")
     ] = False,
 ) -> None:
-    """Show a recorded session as a timeline: calls and their SQL, decisions, approvals,
-    results and timings."""
+    """Show a recorded session as a timeline.
+
+    Calls and their SQL, decisions, approvals, results (as the agent saw them) and timings.
+    Session ids come from `mcp-gate sessions list`.
+    """
+    from mcp_gate.audit import commands as audit_commands
+
     raise typer.Exit(audit_commands.replay(config, session, follow=follow, out=_out, err=_err))
 
 
 @audit_app.command("verify")
 def audit_verify(config: ConfigPath = Path(DEFAULT_CONFIG)) -> None:
-    """Walk the whole chain and its signed checkpoints. Exit 0 when intact; 1 with the first
-    broken link (edited, deleted, reordered, forged checkpoint, unanchored prune)."""
+    """Check the whole chain and its signed checkpoints: exit 0 when intact, 1 if not.
+
+    On a break it names the first broken link (an edited, deleted or reordered event, a
+    forged checkpoint, a prune without its anchor).
+    """
+    from mcp_gate.audit import commands as audit_commands
+
     raise typer.Exit(audit_commands.audit_verify(config, out=_out, err=_err))
 
 
@@ -362,8 +394,13 @@ def audit_export(
     session: Annotated[str | None, typer.Option("--session", help="Only this session.")] = None,
     config: ConfigPath = Path(DEFAULT_CONFIG),
 ) -> None:
-    """Write events to stdout, one JSON object per line, with seq, hash and prev_hash so a
-    SIEM can re-verify the chain."""
+    """Write events to stdout as JSON lines, for a SIEM.
+
+    One JSON object per event, with seq, hash and prev_hash so the receiver can re-verify
+    the chain.
+    """
+    from mcp_gate.audit import commands as audit_commands
+
     raise typer.Exit(
         audit_commands.audit_export(config, fmt=fmt, since=since, session_id=session, err=_err)
     )

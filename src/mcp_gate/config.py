@@ -23,11 +23,11 @@ from pydantic import (
     model_validator,
 )
 
+from mcp_gate import DEFAULT_CONFIG
 from mcp_gate.policy.model import Duration
 from mcp_gate.sqltools.dsn import dsn_password
 from mcp_gate.tomlfile import ConfigFileError, Problem, read_toml, validate
 
-DEFAULT_CONFIG = "mcp-gate.toml"
 STORE_SQLITE = "sqlite:///"
 STORE_POSTGRESQL = ("postgresql://", "postgres://")
 _NAME = r"^[A-Za-z][A-Za-z0-9_-]{0,62}$"

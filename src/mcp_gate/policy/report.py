@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console, Group
 from rich.markup import escape
@@ -13,9 +13,12 @@ from rich.text import Text
 
 from mcp_gate.calls import Principal, ToolCall
 from mcp_gate.inspect.model import Inspection, SqlInspection
-from mcp_gate.policy.columns import ColumnReport
 from mcp_gate.policy.engine import Decision
 from mcp_gate.policy.loader import LoadedPolicy, PolicyError
+
+if TYPE_CHECKING:
+    # Only for annotations: the columns module pulls in the database tools.
+    from mcp_gate.policy.columns import ColumnReport
 
 _STYLE = {"allow": "bold green", "review": "bold yellow", "deny": "bold red"}
 _MAX_SHOWN_SQL = 2000
