@@ -33,6 +33,7 @@ class Gateway:
     env: dict[str, str]
     process: subprocess.Popen[bytes] | None = None
     log: Path = field(default_factory=Path)
+    db: str = ""  # superuser DSN of the database it serves, when a test made one
 
     def token(self, sub: str = "agent", groups: str = "developers", ttl: str = "1h") -> str:
         """A token from the gateway's dev issuer, through the real `mcp-gate token`."""

@@ -3,20 +3,16 @@ real SDK client waiting in its call, approvers answering through the admin API."
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Iterator
-from pathlib import Path
 
 import anyio
 import pytest
 
 from approval_helpers import admin, db_value, wait_pending
-from gateway_helpers import Gateway, running_gateway, text_of
-from mcp_gate.demo.sample import load_sample
-from pgserver import admin_execute, dsn_with, run_sync, unique_name
+from gateway_helpers import Gateway, text_of
+from shop_helpers import sample_policy, sample_shop, shop_gateway
 
 pytestmark = pytest.mark.slow
-SAMPLE_POLICY = Path(__file__).resolve().parents[1] / "policies.toml"
 
 
 @pytest.fixture(scope="module")
@@ -26,35 +22,19 @@ def anyio_backend() -> str:
 
 @pytest.fixture(scope="module")
 def gateway(pg_dsn: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    name = unique_name("test_quorum")
-    reader, writer = unique_name("reader"), unique_name("writer")
-    reader_pw, writer_pw = secrets.token_urlsafe(12), secrets.token_urlsafe(12)
-    run_sync(lambda: load_sample(pg_dsn, name, reader_pw, writer_pw, reader=reader, writer=writer))
-    db = dsn_with(pg_dsn, database=name)
-    folder = tmp_path_factory.mktemp("quorum")
-    policies = folder / "policies.toml"
-    text = SAMPLE_POLICY.read_text().replace('wait = "2m"', 'wait = "20s"')
-    policies.write_text(text.replace("quorum = 1 ", "quorum = 2 "))
-    env = {"GATE_TEST_READER_PW": reader_pw, "GATE_TEST_WRITER_PW": writer_pw}
-    try:
-        with running_gateway(
-            folder,
-            dsn=dsn_with(db, user=reader, password=""),
-            write_dsn=dsn_with(db, user=writer, password=""),
-            env=env,
-            policies=policies,
-        ) as gw:
-            gw.db = db  # type: ignore[attr-defined]
-            yield gw
-    finally:
-        admin_execute(pg_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin_execute(pg_dsn, f'DROP ROLE IF EXISTS "{reader}"', f'DROP ROLE IF EXISTS "{writer}"')
+    policy = sample_policy(wait='"20s"', quorum="2")
+    with (
+        sample_shop(pg_dsn, "test_quorum") as shop,
+        shop_gateway(shop, tmp_path_factory.mktemp("quorum"), policy) as gw,
+    ):
+        yield gw
 
 
 def marked(gateway: Gateway, order_id: int) -> int:
     """1 once the held UPDATE has run on the order, else 0."""
-    db = gateway.db  # type: ignore[attr-defined]
-    return db_value(db, f"SELECT count(*) FROM orders WHERE id = {order_id} AND total = 12345.67")
+    return db_value(
+        gateway.db, f"SELECT count(*) FROM orders WHERE id = {order_id} AND total = 12345.67"
+    )
 
 
 async def vote(gateway: Gateway, token: str, approval_id: str, verb: str, reason: str) -> dict:

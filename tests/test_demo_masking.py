@@ -15,23 +15,20 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import secrets
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
 
-from gateway_helpers import MCP_GATE, Gateway, running_gateway, text_of
-from mcp_gate.demo.sample import load_sample
-from pgserver import admin_execute, dsn_with, run_sync, unique_name
+from gateway_helpers import MCP_GATE, Gateway, text_of
+from pgserver import run_sync
+from shop_helpers import sample_policy, sample_shop, shop_gateway
 
 pytestmark = pytest.mark.slow
 
-REPO_POLICY = Path(__file__).resolve().parents[1] / "policies.toml"
 MASKED = "[MASKED]"
 
 
@@ -70,46 +67,32 @@ def forms(kind: str, value: str) -> set[str]:
 
 @pytest.fixture(scope="module")
 def demo(pg_dsn: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
-    name = unique_name("test_demo_masking")
-    reader, writer = unique_name("reader"), unique_name("writer")
-    reader_pw, writer_pw = secrets.token_urlsafe(12), secrets.token_urlsafe(12)
-    run_sync(lambda: load_sample(pg_dsn, name, reader_pw, writer_pw, reader=reader, writer=writer))
-    db = dsn_with(pg_dsn, database=name)
+    with sample_shop(pg_dsn, "test_demo_masking") as shop:
 
-    async def read_secrets() -> dict[str, list[str]]:
-        conn = await asyncpg.connect(db)
-        try:
-            rows = await conn.fetch(
-                "SELECT email, ssn, card_number, phone FROM customers ORDER BY id"
-            )
-            ibans = await conn.fetch("SELECT DISTINCT iban FROM payments WHERE iban IS NOT NULL")
-        finally:
-            await conn.close()
-        found = {k: [r[k] for r in rows if r[k]] for k in ("email", "ssn", "card_number", "phone")}
-        found["iban"] = [r["iban"] for r in ibans]
-        return found
+        async def read_secrets() -> dict[str, list[str]]:
+            conn = await asyncpg.connect(shop.dsn)
+            try:
+                rows = await conn.fetch(
+                    "SELECT email, ssn, card_number, phone FROM customers ORDER BY id"
+                )
+                ibans = await conn.fetch(
+                    "SELECT DISTINCT iban FROM payments WHERE iban IS NOT NULL"
+                )
+            finally:
+                await conn.close()
+            kinds = ("email", "ssn", "card_number", "phone")
+            found = {k: [r[k] for r in rows if r[k]] for k in kinds}
+            found["iban"] = [r["iban"] for r in ibans]
+            return found
 
-    values = run_sync(read_secrets)
-    assert len(values["email"]) == 2000 and len(values["card_number"]) == 2000
-    needles = {f: f"{kind} {v}" for kind, vs in values.items() for v in vs for f in forms(kind, v)}
-    folder = tmp_path_factory.mktemp("demo_masking")
-    policies = folder / "policies.toml"
-    text = REPO_POLICY.read_text()
-    assert 'wait = "2m"' in text
-    policies.write_text(text.replace('wait = "2m"', 'wait = "50ms"'))
-    env = {"GATE_TEST_READER_PW": reader_pw, "GATE_TEST_WRITER_PW": writer_pw}
-    try:
-        with running_gateway(
-            folder,
-            dsn=dsn_with(db, user=reader, password=""),
-            write_dsn=dsn_with(db, user=writer, password=""),
-            env=env,
-            policies=policies,
-        ) as gw:
+        values = run_sync(read_secrets)
+        assert len(values["email"]) == 2000 and len(values["card_number"]) == 2000
+        needles = {
+            f: f"{kind} {v}" for kind, vs in values.items() for v in vs for f in forms(kind, v)
+        }
+        folder = tmp_path_factory.mktemp("demo_masking")
+        with shop_gateway(shop, folder, sample_policy(wait='"50ms"')) as gw:
             yield Demo(gw, values, needles)
-    finally:
-        admin_execute(pg_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin_execute(pg_dsn, f'DROP ROLE IF EXISTS "{reader}"', f'DROP ROLE IF EXISTS "{writer}"')
 
 
 def find_leaks(text: str, needles: dict[str, str]) -> list[str]:

@@ -27,16 +27,14 @@ from rich.console import Console, RenderableType
 from textual.pilot import Pilot
 from textual.widgets import DataTable, Static
 
-from gateway_helpers import MCP_GATE, Gateway, running_gateway, text_of, wait_for_port
+from gateway_helpers import MCP_GATE, Gateway, text_of, wait_for_port
 from mcp_gate.approvals.model import ApprovalRequest, Status
 from mcp_gate.calls import Principal
-from mcp_gate.demo.sample import load_sample
 from mcp_gate.tui import commands as tui_commands
 from mcp_gate.tui import view
 from mcp_gate.tui.app import ApprovalsApp, DenyScreen, HelpScreen
-from pgserver import admin_execute, dsn_with, run_sync, unique_name
+from shop_helpers import sample_policy, sample_shop, shop_gateway
 
-SAMPLE_POLICY = Path(__file__).resolve().parents[1] / "policies.toml"
 SIZE = (160, 50)
 
 
@@ -180,32 +178,17 @@ def anyio_backend() -> str:
 
 @pytest.fixture(scope="module")
 def gateway(pg_dsn: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    name = unique_name("test_tui")
-    reader, writer = unique_name("reader"), unique_name("writer")
-    reader_pw, writer_pw = secrets.token_urlsafe(12), secrets.token_urlsafe(12)
-    run_sync(lambda: load_sample(pg_dsn, name, reader_pw, writer_pw, reader=reader, writer=writer))
-    db = dsn_with(pg_dsn, database=name)
     folder = tmp_path_factory.mktemp("tui")
-    policies = folder / "policies.toml"
-    policies.write_text(SAMPLE_POLICY.read_text().replace('wait = "2m"', 'wait = "30s"'))
-    env = {"GATE_TEST_READER_PW": reader_pw, "GATE_TEST_WRITER_PW": writer_pw}
-    try:
-        with running_gateway(
-            folder,
-            dsn=dsn_with(db, user=reader, password=""),
-            write_dsn=dsn_with(db, user=writer, password=""),
-            env=env,
-            policies=policies,
-        ) as gw:
-            first = gw.process
-            try:
-                yield gw
-            finally:
-                if gw.process is not first and gw.process is not None:
-                    stop(gw.process)  # restarted by a test
-    finally:
-        admin_execute(pg_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin_execute(pg_dsn, f'DROP ROLE IF EXISTS "{reader}"', f'DROP ROLE IF EXISTS "{writer}"')
+    with (
+        sample_shop(pg_dsn, "test_tui") as shop,
+        shop_gateway(shop, folder, sample_policy(wait='"30s"')) as gw,
+    ):
+        first = gw.process
+        try:
+            yield gw
+        finally:
+            if gw.process is not first and gw.process is not None:
+                stop(gw.process)  # restarted by a test
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:

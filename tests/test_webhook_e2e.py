@@ -4,7 +4,6 @@ HTTP receiver, without the agent's token, while the agent's call waits."""
 from __future__ import annotations
 
 import json
-import secrets
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -15,13 +14,11 @@ import anyio
 import pytest
 
 from approval_helpers import admin, decide_when_pending
-from gateway_helpers import Gateway, running_gateway, text_of
-from mcp_gate.demo.sample import load_sample
+from gateway_helpers import Gateway, text_of
 from mcp_gate.policy.loader import PolicyError, load_policy
-from pgserver import admin_execute, dsn_with, run_sync, unique_name
+from shop_helpers import sample_policy, sample_shop, shop_gateway
 
 pytestmark = pytest.mark.slow
-SAMPLE_POLICY = Path(__file__).resolve().parents[1] / "policies.toml"
 
 
 @pytest.fixture(scope="module")
@@ -71,31 +68,12 @@ def receiver() -> Iterator[Receiver]:
 def gateway(
     pg_dsn: str, receiver: Receiver, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Gateway]:
-    name = unique_name("test_webhook")
-    reader, writer = unique_name("reader"), unique_name("writer")
-    reader_pw, writer_pw = secrets.token_urlsafe(12), secrets.token_urlsafe(12)
-    run_sync(lambda: load_sample(pg_dsn, name, reader_pw, writer_pw, reader=reader, writer=writer))
-    db = dsn_with(pg_dsn, database=name)
-    folder = tmp_path_factory.mktemp("webhook")
-    policies = folder / "policies.toml"
-    policies.write_text(
-        SAMPLE_POLICY.read_text().replace(
-            'wait = "2m"', f'wait = "15s"\nwebhook = "{receiver.url}"'
-        )
-    )
-    env = {"GATE_TEST_READER_PW": reader_pw, "GATE_TEST_WRITER_PW": writer_pw}
-    try:
-        with running_gateway(
-            folder,
-            dsn=dsn_with(db, user=reader, password=""),
-            write_dsn=dsn_with(db, user=writer, password=""),
-            env=env,
-            policies=policies,
-        ) as gw:
-            yield gw
-    finally:
-        admin_execute(pg_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin_execute(pg_dsn, f'DROP ROLE IF EXISTS "{reader}"', f'DROP ROLE IF EXISTS "{writer}"')
+    policy = sample_policy(wait='"15s"', webhook=f'"{receiver.url}"')
+    with (
+        sample_shop(pg_dsn, "test_webhook") as shop,
+        shop_gateway(shop, tmp_path_factory.mktemp("webhook"), policy) as gw,
+    ):
+        yield gw
 
 
 async def _wait_for(receiver: Receiver, kind: str, approval_id: str | None = None) -> dict:
