@@ -214,6 +214,43 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
+Handler = Callable[[Request, Principal], Awaitable[Response]]
+
+
+def authenticated_endpoint(
+    authenticate: Authenticate, domain_error: Callable[[Exception], ApiError | None]
+) -> Callable[[Handler], Callable[[Request], Awaitable[Response]]]:
+    """A decorator for admin API handlers `(request, principal) -> Response`: the caller is
+    authenticated first, and refusals become JSON errors (`ApiError` as is, the module's own
+    exceptions through `domain_error`, Starlette's `HTTPException`, a client gone → 400)."""
+
+    def endpoint(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+        async def run(request: Request) -> Response:
+            try:
+                principal = authenticate(request)
+                if inspect.isawaitable(principal):
+                    principal = await principal
+                return await handler(request, principal)  # type: ignore[arg-type]
+            except ApiError as exc:
+                return exc.response()
+            except HTTPException as exc:
+                return ApiError(
+                    exc.status_code, "error", str(exc.detail), dict(exc.headers or {})
+                ).response()
+            except ClientDisconnect:
+                return Response(status_code=400)
+            except Exception as exc:
+                api = domain_error(exc)
+                if api is None:
+                    raise
+                return api.response()
+
+        run.__name__ = handler.__name__
+        return run
+
+    return endpoint
+
+
 def admin_routes(
     service: ApprovalService,
     authenticate: Authenticate,
@@ -228,38 +265,16 @@ def admin_routes(
     viewers = frozenset(viewer_groups)
     prefix = prefix.rstrip("/")
 
-    async def principal_of(request: Request) -> Principal:
-        result = authenticate(request)
-        if inspect.isawaitable(result):
-            result = await result
-        return result  # type: ignore[return-value]
-
     def sees_all(principal: Principal) -> bool:
         return not viewers.isdisjoint(principal.groups)
 
     def visible(approval: ApprovalRequest, principal: Principal) -> bool:
         return sees_all(principal) or approval.visible_to(principal)
 
-    def endpoint(
-        handler: Callable[[Request, Principal], Awaitable[Response]],
-    ) -> Callable[[Request], Awaitable[Response]]:
-        async def run(request: Request) -> Response:
-            try:
-                principal = await principal_of(request)
-                return await handler(request, principal)
-            except ApiError as exc:
-                return exc.response()
-            except ApprovalError as exc:
-                return _error_for(exc).response()
-            except HTTPException as exc:
-                return ApiError(
-                    exc.status_code, "error", str(exc.detail), dict(exc.headers or {})
-                ).response()
-            except ClientDisconnect:
-                return Response(status_code=400)
+    def domain_error(exc: Exception) -> ApiError | None:
+        return _error_for(exc) if isinstance(exc, ApprovalError) else None
 
-        run.__name__ = handler.__name__
-        return run
+    endpoint = authenticated_endpoint(authenticate, domain_error)
 
     async def list_approvals(request: Request, principal: Principal) -> Response:
         try:

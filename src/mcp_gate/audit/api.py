@@ -14,15 +14,13 @@ Errors follow the approvals API: `{"error": code, "message": text}` with 400 bad
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from mcp_gate.approvals.api import ApiError, Authenticate
+from mcp_gate.approvals.api import ApiError, Authenticate, authenticated_endpoint
 from mcp_gate.calls import Principal
 
 from .commands import CommandError, export_doc, parse_since, session_json
@@ -62,33 +60,15 @@ def session_routes(
     groups = viewer_groups if callable(viewer_groups) else (lambda: tuple(viewer_groups))
     prefix = prefix.rstrip("/")
 
-    async def principal_of(request: Request) -> Principal:
-        result = authenticate(request)
-        if inspect.isawaitable(result):
-            result = await result
-        return result  # type: ignore[return-value]
-
     def sees_all(principal: Principal) -> bool:
         return not principal.groups.isdisjoint(groups())
 
-    def endpoint(
-        handler: Callable[[Request, Principal], Awaitable[Response]],
-    ) -> Callable[[Request], Awaitable[Response]]:
-        async def run(request: Request) -> Response:
-            try:
-                principal = await principal_of(request)
-                return await handler(request, principal)
-            except ApiError as exc:
-                return exc.response()
-            except AuditUnavailable as exc:
-                return ApiError(503, "unavailable", str(exc)).response()
-            except HTTPException as exc:
-                return ApiError(
-                    exc.status_code, "error", str(exc.detail), dict(exc.headers or {})
-                ).response()
+    def domain_error(exc: Exception) -> ApiError | None:
+        if isinstance(exc, AuditUnavailable):
+            return ApiError(503, "unavailable", str(exc))
+        return None
 
-        run.__name__ = handler.__name__
-        return run
+    endpoint = authenticated_endpoint(authenticate, domain_error)
 
     async def list_sessions(request: Request, principal: Principal) -> Response:
         try:
