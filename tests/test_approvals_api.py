@@ -30,9 +30,8 @@ from mcp_gate.approvals import (
     SqliteApprovalStore,
     Status,
     WebhookSender,
-    admin_routes,
-    bearer_authenticator,
 )
+from mcp_gate.approvals.api import admin_routes, bearer_authenticator
 from mcp_gate.auth import DevIssuer
 from mcp_gate.calls import Principal
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from gateway_helpers import MCP_GATE, write_config
+from mcp_gate.audit import AuditEvent, EventKind, SqliteAuditStore
 
 HEAVY = ("mcp", "sqlglot", "pglast", "textual", "starlette", "uvicorn")
 # Runs one command in this interpreter, then reports which heavy modules it had loaded.
@@ -30,17 +32,36 @@ print(json.dumps({"code": code, "loaded": [m for m in HEAVY if m in sys.modules]
 @pytest.fixture(scope="module")
 def config(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("cli")
-    return write_config(folder, port=1, dsn="postgresql://reader@127.0.0.1:1/db", write_dsn=None)
+    path = write_config(folder, port=1, dsn="postgresql://reader@127.0.0.1:1/db", write_dsn=None)
+    asyncio.run(record_one_session(folder / ".mcp-gate" / "gate.db"))  # the default store
+    return path
 
 
-def probe(*args: str, cwd: Path) -> tuple[int, list[str]]:
+async def record_one_session(path: Path) -> None:
+    """A store with one session in it, so the offline commands read real rows."""
+    store = SqliteAuditStore(path)
+    await store.open()
+    try:
+        start = {"principal": {"subject": "alice", "groups": ["dba"]}, "transport": "http"}
+        await store.append(
+            [
+                AuditEvent("s-1", EventKind.SESSION_START, 1.0, data=start),
+                AuditEvent("s-1", EventKind.SESSION_END, 2.0, data={}),
+            ]
+        )
+    finally:
+        await store.close()
+
+
+def probe(*args: str, cwd: Path) -> tuple[int, list[str], str]:
     env = {**os.environ, "COLUMNS": "100", "GATE_TEST_READER_PW": "x"}
     done = subprocess.run(
         [sys.executable, "-c", f"HEAVY = {HEAVY!r}\n{PROBE}", *args],
         cwd=cwd, env=env, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
-    report = json.loads(done.stderr.strip().splitlines()[-1])
-    return report["code"], report["loaded"]
+    *output, last = done.stderr.strip().splitlines()
+    report = json.loads(last)
+    return report["code"], report["loaded"], done.stdout + "\n".join(output)
 
 
 @pytest.mark.parametrize(
@@ -61,8 +82,32 @@ def probe(*args: str, cwd: Path) -> tuple[int, list[str]]:
 def test_commands_that_do_not_serve_do_not_load_the_gateway(args: list[str], config: Path):
     if args[:2] == ["policy", "check"]:
         args = ["policy", "check", str(Path(__file__).resolve().parents[1] / "policies.toml")]
-    code, loaded = probe(*args, cwd=config.parent)
+    code, loaded, _ = probe(*args, cwd=config.parent)
     assert code in (0, 1, 2, None)
+    assert loaded == [], f"mcp-gate {' '.join(args)} loaded {loaded}"
+
+
+@pytest.mark.parametrize(
+    ("args", "want_code", "want_out"),
+    [
+        (["sessions", "list"], 0, "alice"),
+        (["sessions", "list", "--json"], 0, '"s-1"'),
+        (["replay", "s-1"], 0, "alice"),
+        (["audit", "verify"], 0, ""),
+        (["audit", "export"], 0, '"s-1"'),
+        # Nothing listens on the config's port: the command fails after building its request.
+        (["approvals", "list", "--token", "not-a-jwt"], 1, "cannot reach"),
+    ],
+    ids=lambda a: " ".join(a) if isinstance(a, list) else "",
+)
+def test_offline_commands_run_without_the_gateway_stack(
+    args: list[str], want_code: int, want_out: str, config: Path
+) -> None:
+    # The commands run to the end against the config's store (not just `--help`): finding
+    # the store (`store_target`) and reading it must not pull in the serving stack.
+    code, loaded, output = probe(*args, "--config", str(config), cwd=config.parent)
+    assert code in (want_code, None if want_code == 0 else want_code), output
+    assert want_out in output
     assert loaded == [], f"mcp-gate {' '.join(args)} loaded {loaded}"
 
 

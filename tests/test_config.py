@@ -188,7 +188,7 @@ def test_bad_store_settings(tmp_path: Path, text: str, message: str) -> None:
 
 
 def test_store_target(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from mcp_gate.gateway.runtime import StartupError, store_path, store_target
+    from mcp_gate.store_target import StartupError, store_path, store_target
 
     cfg = load_config(write(tmp_path, '[server]\nstore = "sqlite:///state/gate.db"\n'))
     target = store_target(cfg)

@@ -1,14 +1,14 @@
 """Approvals: calls held for a human decision (DESIGN §5).
 
 `ApprovalService` is the state machine over a durable `ApprovalStore` (SQLite, or PostgreSQL
-shared by several replicas with LISTEN/NOTIFY between them); `api`
-serves it to approvers (`admin_routes`), `notify` fans events out to waiters, SSE clients
-and an optional webhook.
+shared by several replicas with LISTEN/NOTIFY between them); `notify` fans events out to
+waiters, SSE clients and an optional webhook. `mcp_gate.approvals.api` serves it to approvers
+(`admin_routes`); it is imported by name, not from here, so that importing the package does not
+load starlette.
 """
 
 from __future__ import annotations
 
-from .api import ApiError, Unauthorized, admin_routes, bearer_authenticator
 from .model import (
     ApprovalDecision,
     ApprovalError,
@@ -26,7 +26,6 @@ from .service import ApprovalService
 from .store import ApprovalStore, SqliteApprovalStore, StoreError
 
 __all__ = [
-    "ApiError",
     "ApprovalDecision",
     "ApprovalError",
     "ApprovalEvent",
@@ -42,9 +41,6 @@ __all__ = [
     "Status",
     "StoreError",
     "Subscription",
-    "Unauthorized",
     "WebhookSender",
-    "admin_routes",
     "arguments_digest",
-    "bearer_authenticator",
 ]

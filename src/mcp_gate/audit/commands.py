@@ -80,7 +80,7 @@ def _config(path: Path) -> GateConfig:
 
 def _store(config: GateConfig) -> AuditStore:
     # The gateway's own reading of `[server] store` (password from store_password_env/_file).
-    from mcp_gate.gateway.runtime import StartupError, store_target
+    from mcp_gate.store_target import StartupError, store_target
 
     try:
         target = store_target(config)

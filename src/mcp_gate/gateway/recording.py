@@ -22,7 +22,7 @@ from mcp_gate.audit.chain import SigningKeyError, load_signing_key, maintain, ma
 from mcp_gate.audit.recorder import Recorder
 from mcp_gate.audit.redact import MIN_SECRET_LENGTH, Redactor
 from mcp_gate.config import GateConfig, SecretError, read_secret
-from mcp_gate.gateway.runtime import StartupError, store_target
+from mcp_gate.store_target import StartupError, store_target
 
 log = logging.getLogger("mcp_gate.audit")
 

@@ -9,7 +9,6 @@ import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import anyio
 
@@ -23,13 +22,7 @@ from mcp_gate.approvals import (
 )
 from mcp_gate.audit.recorder import Recorder
 from mcp_gate.auth import DevIssuer, JwtVerifier
-from mcp_gate.config import (
-    STORE_POSTGRESQL,
-    STORE_SQLITE,
-    GateConfig,
-    SecretError,
-    read_secret,
-)
+from mcp_gate.config import GateConfig, SecretError, read_secret
 from mcp_gate.gateway.approval_state import KEY_FILE as STATE_KEY_FILE
 from mcp_gate.gateway.approval_state import ApprovalStateCodec
 from mcp_gate.gateway.hold import Approvals
@@ -38,16 +31,12 @@ from mcp_gate.gateway.pipeline import Pipeline
 from mcp_gate.mask.rules import MaskPlan
 from mcp_gate.policy.loader import LoadedPolicy, PolicyError, load_policy
 from mcp_gate.sqltools.builtin import BuiltinSql, Connection, Masking
-from mcp_gate.sqltools.dsn import describe_target
 from mcp_gate.sqltools.pool import create_pool
+from mcp_gate.store_target import StartupError, StoreTarget, store_target
 
 log = logging.getLogger("mcp_gate.runtime")
 
 HASH_KEY_FILE = "mask-hash.key"
-
-
-class StartupError(Exception):
-    """The gateway cannot start; the message says why and what to do."""
 
 
 @dataclass
@@ -165,56 +154,6 @@ def build_pipeline(
         codec = ApprovalStateCodec(load_key(data_dir, STATE_KEY_FILE))
         held = Approvals(approvals, codec, lambda: policy().model.approval)
     return Pipeline(policy, upstreams, held, recorder)
-
-
-@dataclass(frozen=True, slots=True)
-class StoreTarget:
-    """Where `[server] store` points: a SQLite file, or a PostgreSQL database (its DSN has
-    no password; `password` is the one read from `store_password_env`/`_file`)."""
-
-    kind: Literal["sqlite", "postgresql"]
-    path: Path | None = None
-    dsn: str | None = None
-    password: str | None = field(default=None, repr=False)
-
-    def describe(self) -> str:
-        """For messages: the file, or `user@host:port/database` (never the password)."""
-        if self.path is not None:
-            return str(self.path)
-        return str(describe_target(self.dsn or ""))
-
-
-def store_target(config: GateConfig) -> StoreTarget:
-    """The store of `[server] store`: `sqlite:///relative/or/absolute.db` (relative to the
-    config file) or `postgresql://user@host:port/db` with its password read now (a missing
-    secret is a StartupError naming the reference)."""
-    server = config.model.server
-    store = server.store
-    if store.startswith(STORE_SQLITE):
-        path = Path(store.removeprefix(STORE_SQLITE)).expanduser()
-        path = path if path.is_absolute() else (config.file.parent / path).resolve()
-        return StoreTarget("sqlite", path=path)
-    if store.startswith(STORE_POSTGRESQL):
-        try:
-            password = read_secret(
-                server.store_password_env,
-                server.store_password_file,
-                config.file.parent,
-                "server.store",
-            )
-        except SecretError as exc:
-            raise StartupError(str(exc)) from None
-        return StoreTarget("postgresql", dsn=store, password=password)
-    # The config model admits nothing else; refuse rather than guess if that ever changes.
-    raise StartupError(f"server.store: unsupported store {store.split(':', 1)[0]}:…")
-
-
-def store_path(config: GateConfig) -> Path:
-    """The SQLite file of `[server] store`; a StartupError for a PostgreSQL store."""
-    target = store_target(config)
-    if target.path is None:
-        raise StartupError(f"server.store is PostgreSQL ({target.describe()}), not a file")
-    return target.path
 
 
 def approval_store(target: StoreTarget) -> ApprovalStore:

@@ -14,7 +14,7 @@ import anyio
 import uvicorn
 from mcp.server.stdio import stdio_server
 
-from mcp_gate.approvals import admin_routes, bearer_authenticator
+from mcp_gate.approvals.api import admin_routes, bearer_authenticator
 from mcp_gate.audit.api import session_routes
 from mcp_gate.auth import dev_issuer_routes
 from mcp_gate.auth.dev_issuer import dev_issuer_for
@@ -26,12 +26,12 @@ from mcp_gate.gateway.mcp_server import build_server, http_audit_session, http_p
 from mcp_gate.gateway.recording import open_audit
 from mcp_gate.gateway.runtime import (
     PolicyHolder,
-    StartupError,
     build_pipeline,
     open_approvals,
     open_connections,
     verifier_for,
 )
+from mcp_gate.store_target import StartupError
 
 log = logging.getLogger("mcp_gate.serve")
 
