@@ -1,11 +1,18 @@
 """`mcp-gate demo` as a new user runs it: start, connect with the printed token, list tables,
-run a select, see a DELETE refused with its rule, Ctrl-C, and nothing left behind."""
+run a select, see a DELETE refused with its rule, Ctrl-C, and nothing left behind.
+
+Then the audit side (issue 6, "Done when"): after a demo session with a masked read, a refused
+DELETE and an approved one, `sessions list`, `replay`, `audit export` and `audit verify` run
+from the demo's folder without `--config`, and `audit verify` fails once a row is edited.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -17,7 +24,8 @@ import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
-from gateway_helpers import text_of
+from approval_helpers import decide_when_pending
+from gateway_helpers import MCP_GATE, Gateway, text_of
 from mcp_gate.demo.embedded import free_port
 
 pytestmark = pytest.mark.slow
@@ -50,17 +58,22 @@ async def use_the_gateway(url: str, token: str, mode: str) -> list[str]:
     return seen
 
 
-@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
-def test_demo_end_to_end(tmp_path: Path, stop: signal.Signals) -> None:
-    port = free_port()
-    process = subprocess.Popen(
+def start_demo(cwd: Path, port: int) -> subprocess.Popen[str]:
+    """`mcp-gate demo` in `cwd`, its output captured."""
+    return subprocess.Popen(
         [sys.executable, "-m", "mcp_gate", "demo", "--port", str(port)],
-        cwd=tmp_path,
+        cwd=cwd,
         env={**os.environ, "COLUMNS": "200"},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_demo_end_to_end(tmp_path: Path, stop: signal.Signals) -> None:
+    port = free_port()
+    process = start_demo(tmp_path, port)
     tokens = tmp_path / ".mcp-gate-demo" / "tokens.json"
     try:
         wait_for(tokens, process)
@@ -89,3 +102,186 @@ def test_demo_end_to_end(tmp_path: Path, stop: signal.Signals) -> None:
     # The cluster's data directory is gone with it.
     leftovers = [p for p in Path("/tmp").glob("mcp-gate-pg-*") if (p / "owner.pid").exists()]
     assert all(int((p / "owner.pid").read_text()) != process.pid for p in leftovers)
+
+
+# -- audit: replay and verify a demo session, from the demo's folder, without --config -----------
+
+READ = "SELECT id, email, card_number FROM customers WHERE id = 7"
+# The sample is generated with a fixed seed: customer 7's real email and card number (the
+# masked forms the agent gets must be hints of these, which checks they are the right ones).
+RAW_EMAIL, RAW_CARD = "ken.7@example.org", "4000000000554339"
+MASKED_EMAIL, MASKED_CARD = "k***@example.org", "************4339"
+UNBOUNDED = "DELETE FROM orders"
+BOUNDED = "DELETE FROM orders WHERE status = 'cancelled'"
+REASON = "cancelled orders only, ticket 7"
+
+
+def gate(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """One `mcp-gate` command run in `cwd`, as a user types it there."""
+    return subprocess.run(
+        [*MCP_GATE, *args],
+        cwd=cwd,
+        env={**os.environ, "COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+async def agent_session(gateway: Gateway, agent: str, approver: str) -> dict[str, object]:
+    """The demo's suggested session as the agent: a masked read, an unbounded DELETE (refused)
+    and a bounded one (held), which the approver approves through the admin API meanwhile."""
+    async with gateway.client(agent, "legacy") as client:
+        read = await client.call_tool("sql_query", {"sql": READ})
+        refused = await client.call_tool("sql_query", {"sql": UNBOUNDED})
+        decided: dict[str, object] = {}
+
+        async def approve() -> None:
+            decided.update(await decide_when_pending(gateway, approver, "approve", REASON))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(approve)
+            held = await client.call_tool("sql_query", {"sql": BOUNDED})
+    return {"read": read, "refused": refused, "held": held, "decided": decided}
+
+
+def test_demo_session_replayed_and_verified_without_config(tmp_path: Path) -> None:
+    port = free_port()
+    process = start_demo(tmp_path, port)
+    folder = tmp_path / ".mcp-gate-demo"
+    try:
+        wait_for(folder / "tokens.json", process)
+        state = json.loads((folder / "tokens.json").read_text())
+        gateway = Gateway(
+            folder=folder, config=folder / "mcp-gate.toml", url=state["url"], env=dict(os.environ)
+        )
+        seen = anyio.run(agent_session, gateway, state["agent"], state["approver"])
+
+        read = seen["read"]
+        assert not read.is_error, text_of(read)
+        assert read.structured_content["rows"] == [[7, MASKED_EMAIL, MASKED_CARD]]
+        refused = seen["refused"]
+        assert refused.is_error
+        assert 'denied by policy rule "never unbounded"' in text_of(refused)
+        held, decided = seen["held"], seen["decided"]
+        assert not held.is_error, text_of(held)
+        assert held.structured_content["affected_rows"] > 0
+        assert decided["status"] == "approved"
+        assert held.meta["io.mcp-gate/decision"]["approval_id"] == decided["id"]
+
+        # No --config anywhere below: the commands find the demo's config from its folder.
+        listed = gate(tmp_path, "sessions", "list", "--json", "--principal", "agent")
+        assert listed.returncode == 0, listed.stderr
+        (session,) = json.loads(listed.stdout)["sessions"]
+        assert (session["calls"], session["denied"]) == (3, 1)
+        assert session["ended"] is not None
+        table = gate(tmp_path, "sessions", "list")
+        assert table.returncode == 0, table.stderr
+        assert session["id"] in table.stdout and "agent" in table.stdout
+
+        replay = gate(tmp_path, "replay", session["id"])
+        assert replay.returncode == 0, replay.stderr
+        timeline = replay.stdout
+        for expected in (
+            f"session {session['id']}",
+            "session started",
+            READ,
+            "ALLOW sql_query",
+            "email (masked)",
+            MASKED_EMAIL,
+            MASKED_CARD,
+            UNBOUNDED,
+            "DENY sql_query",
+            "never unbounded",
+            BOUNDED,
+            "REVIEW sql_query",
+            "writes need a DBA",
+            f"approval {decided['id']} created",
+            f"approved by alice: {REASON}",
+            f"approval {decided['id']} executed",
+            "session ended",
+        ):
+            assert expected in timeline, f"{expected!r} missing from the replay:\n{timeline}"
+        # In order: the read, the refusal, then the held call and its approval.
+        assert timeline.index(READ) < timeline.index("DENY") < timeline.index("REVIEW")
+        assert timeline.index("REVIEW") < timeline.index("approved by alice")
+        # What was recorded is what the agent saw.
+        assert RAW_EMAIL not in timeline and RAW_CARD not in timeline
+
+        export = gate(tmp_path, "audit", "export", "--session", session["id"])
+        assert export.returncode == 0, export.stderr
+        events = [json.loads(line) for line in export.stdout.splitlines()]
+        assert len(events) == session["events"]
+        assert RAW_EMAIL not in export.stdout and RAW_CARD not in export.stdout
+        assert state["agent"] not in export.stdout and state["approver"] not in export.stdout
+
+        verified = gate(tmp_path, "audit", "verify")
+        assert verified.returncode == 0, verified.stdout + verified.stderr
+        assert verified.stdout.startswith("ok:")
+
+        # A hand edit of one byte of one event's payload (the refusal's rule name, in the
+        # SQLite store) breaks the chain at that event.
+        store = folder / ".mcp-gate" / "gate.db"
+        with contextlib.closing(sqlite3.connect(store, timeout=10)) as db, db:
+            ((seq, data),) = db.execute(
+                "SELECT seq, data FROM audit_events "
+                "WHERE session_id = ? AND kind = 'decision' AND decision = 'deny'",
+                (session["id"],),
+            ).fetchall()
+            edited = data.replace("never unbounded", "never Unbounded", 1)
+            assert len(edited) == len(data) and edited != data
+            db.execute("UPDATE audit_events SET data = ? WHERE seq = ?", (edited, seq))
+        broken = gate(tmp_path, "audit", "verify")
+        assert broken.returncode == 1, broken.stdout + broken.stderr
+        assert f"broken at seq {seq}: edited" in broken.stdout
+    finally:
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=60)
+    assert process.returncode == 0, output
+    # The printed instructions: the audit commands as typed from this folder, no --config.
+    for command in (
+        "mcp-gate sessions list",
+        "mcp-gate replay <session id>",
+        "mcp-gate audit verify",
+    ):
+        line = next(x for x in output.splitlines() if command in x)
+        assert "--config" not in line
+    assert not folder.exists()
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["sessions", "list"], ["replay", "ses_x"], ["audit", "verify"], ["audit", "export"]],
+    ids=" ".join,
+)
+def test_audit_commands_without_any_config(tmp_path: Path, command: list[str]) -> None:
+    """No ./mcp-gate.toml and no demo here: exit 2, naming both places and what to do."""
+    result = gate(tmp_path, *command)
+    assert result.returncode == 2
+    message = " ".join(result.stderr.split())
+    for expected in (
+        "./mcp-gate.toml",
+        "./.mcp-gate-demo/mcp-gate.toml",
+        "--config",
+        "mcp-gate demo",
+    ):
+        assert expected in message, message
+    assert result.stdout == ""
+
+
+def test_explicit_or_local_config_wins_over_the_demo(tmp_path: Path) -> None:
+    """The demo's config is only a fallback: a --config that does not exist, or a broken
+    ./mcp-gate.toml, is reported as such rather than quietly reading the demo's store."""
+    demo = tmp_path / ".mcp-gate-demo"
+    demo.mkdir()
+    (demo / "mcp-gate.toml").write_text('[server]\nlisten = "127.0.0.1:1"\n')
+    missing = gate(tmp_path, "audit", "verify", "--config", "elsewhere.toml")
+    assert missing.returncode == 2
+    assert (
+        "no config at elsewhere.toml" in missing.stderr and ".mcp-gate-demo" not in missing.stderr
+    )
+    (tmp_path / "mcp-gate.toml").write_text("[server\n")
+    broken = gate(tmp_path, "sessions", "list")
+    assert broken.returncode == 2
+    assert "mcp-gate.toml:1: not valid TOML" in broken.stderr
+    assert ".mcp-gate-demo" not in broken.stderr

@@ -323,6 +323,17 @@ def approvals_deny(
     )  # fmt: skip
 
 
+# `None`: the command looks for the default config itself (`mcp_gate.config_locate`).
+AuditConfigPath = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        "-C",
+        help="The gateway's config file (default: ./mcp-gate.toml, else the demo's "
+        ".mcp-gate-demo/mcp-gate.toml).",
+        show_default=False,
+    ),
+]
 SinceOption = Annotated[
     str | None,
     typer.Option(
@@ -333,7 +344,7 @@ SinceOption = Annotated[
 
 @sessions_app.command("list")
 def sessions_list(
-    config: ConfigPath = Path(DEFAULT_CONFIG),
+    config: AuditConfigPath = None,
     principal: Annotated[
         str | None, typer.Option("--principal", help="Only this subject's sessions.")
     ] = None,
@@ -360,7 +371,7 @@ def sessions_list(
 @app.command()
 def replay(
     session: Annotated[str, typer.Argument(help="The session id (see `sessions list`).")],
-    config: ConfigPath = Path(DEFAULT_CONFIG),
+    config: AuditConfigPath = None,
     follow: Annotated[
         bool, typer.Option("--follow", "-f", help="Keep showing a live session until it ends.")
     ] = False,
@@ -376,7 +387,7 @@ def replay(
 
 
 @audit_app.command("verify")
-def audit_verify(config: ConfigPath = Path(DEFAULT_CONFIG)) -> None:
+def audit_verify(config: AuditConfigPath = None) -> None:
     """Check the whole chain and its signed checkpoints: exit 0 when intact, 1 if not.
 
     On a break it names the first broken link (an edited, deleted or reordered event, a
@@ -392,7 +403,7 @@ def audit_export(
     fmt: Annotated[str, typer.Option("--format", help="Output format.")] = "jsonl",
     since: SinceOption = None,
     session: Annotated[str | None, typer.Option("--session", help="Only this session.")] = None,
-    config: ConfigPath = Path(DEFAULT_CONFIG),
+    config: AuditConfigPath = None,
 ) -> None:
     """Write events to stdout as JSON lines, for a SIEM.
 

@@ -1,6 +1,9 @@
 """`mcp-gate sessions list`, `mcp-gate replay`, `mcp-gate audit verify|export`: reading the
 audit store named by the gateway's config (`[server] store`, SQLite file or PostgreSQL).
 
+Without `--config` (None here) the config is `./mcp-gate.toml`, else the demo's
+`./.mcp-gate-demo/mcp-gate.toml` (`config_locate`).
+
 Exit codes: 0 ok; 1 `audit verify` found a broken chain; 2 usage or config error (no config,
 unknown session, store unreachable or missing).
 """
@@ -24,6 +27,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from mcp_gate.config import ConfigFileError, GateConfig, load_config
+from mcp_gate.config_locate import ConfigNotFound, locate_config
 from mcp_gate.policy.model import parse_duration
 
 from .chain import public_keys, verify, walk
@@ -66,7 +70,11 @@ def parse_since(text: str | None, now: float | None = None) -> float | None:
     return moment.timestamp()
 
 
-def _config(path: Path) -> GateConfig:
+def _config(given: Path | None) -> GateConfig:
+    try:
+        path = locate_config(given)
+    except ConfigNotFound as exc:
+        raise CommandError(str(exc)) from None
     if not path.exists():
         raise CommandError(
             f"no config at {path}: pass the gateway's mcp-gate.toml with --config "
@@ -95,8 +103,9 @@ def _store(config: GateConfig) -> AuditStore:
 
 
 @contextlib.asynccontextmanager
-async def opened(config_path: Path) -> AsyncIterator[tuple[GateConfig, AuditStore]]:
-    """The config and its audit store, open; `CommandError` when either is unusable."""
+async def opened(config_path: Path | None) -> AsyncIterator[tuple[GateConfig, AuditStore]]:
+    """The config (`--config`, or the default one when None) and its audit store, open;
+    `CommandError` when either is unusable."""
     config = _config(config_path)
     store = _store(config)
     try:
@@ -141,7 +150,7 @@ def _iso(ts: float | None) -> str | None:
 
 
 def sessions_list(
-    config: Path,
+    config: Path | None,
     *,
     principal: str | None,
     since: str | None,
@@ -186,7 +195,9 @@ def sessions_list(
 # -- replay -------------------------------------------------------------------------------------
 
 
-def replay(config: Path, session_id: str, *, follow: bool, out: Console, err: Console) -> int:
+def replay(
+    config: Path | None, session_id: str, *, follow: bool, out: Console, err: Console
+) -> int:
     """`mcp-gate replay SESSION [--follow]`."""
 
     async def work() -> int:
@@ -222,7 +233,7 @@ def replay(config: Path, session_id: str, *, follow: bool, out: Console, err: Co
 # -- audit verify / export ----------------------------------------------------------------------
 
 
-def audit_verify(config: Path, *, out: Console, err: Console) -> int:
+def audit_verify(config: Path | None, *, out: Console, err: Console) -> int:
     """`mcp-gate audit verify`: exit 0 when the chain holds, 1 with its first broken link."""
 
     async def work() -> int:
@@ -280,7 +291,7 @@ def export_line(stored: StoredEvent) -> str:
 
 
 def audit_export(
-    config: Path,
+    config: Path | None,
     *,
     fmt: str,
     since: str | None,

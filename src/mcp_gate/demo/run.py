@@ -24,11 +24,11 @@ from rich.text import Text
 
 from mcp_gate.auth.dev_issuer import dev_issuer_for
 from mcp_gate.config import load_config
+from mcp_gate.config_locate import DEMO_DIR
 from mcp_gate.demo import sample
 from mcp_gate.demo.embedded import free_port, start_embedded_postgres
 from mcp_gate.gateway.serve import bind_socket, serve_http
 
-DEMO_DIR = ".mcp-gate-demo"
 DATABASE = "demo"
 READER_ENV = "MCP_GATE_DEMO_READER_PASSWORD"
 WRITER_ENV = "MCP_GATE_DEMO_WRITER_PASSWORD"
@@ -140,6 +140,10 @@ def _print_ready(
             "  mcp-gate approvals                 (live queue: a approve, d deny, ? help)\n",
             "  mcp-gate approvals list\n",
             "  mcp-gate approvals approve <id>    (or: deny <id> --reason '…')\n",
+            ("\nSee what was recorded, from this folder while the demo runs:\n", "bold"),
+            "  mcp-gate sessions list             (sessions, newest first)\n",
+            "  mcp-gate replay <session id>       (calls, SQL, decisions, approvals, results)\n",
+            "  mcp-gate audit verify              (exit 0 when no recorded row was altered)\n",
             ("\nTry from another terminal:\n", "bold"),
             '  mcp-gate policy test --sql "DELETE FROM orders"\n',
             f"  mcp-gate token --config {config} --sub bob --groups dba\n",
