@@ -29,18 +29,9 @@ import asyncpg
 
 from mcp_gate.pg_db import DB_ERRORS, PgEndpoint
 
-from .model import GENESIS, AuditEvent, Checkpoint, SessionInfo, StoredEvent
-from .rows import (
-    EVENT_COLUMNS,
-    SESSION_COLUMNS,
-    chain,
-    checkpoint_of,
-    data_json,
-    index_changes,
-    session_info,
-    stored_event,
-)
-from .store import AuditStore, AuditUnavailable
+from .model import GENESIS, AuditEvent, Checkpoint, StoredEvent
+from .rows import EVENT_COLUMNS, SESSION_COLUMNS, chain, data_json, index_changes
+from .store import AuditStore, AuditUnavailable, Row
 
 log = logging.getLogger("mcp_gate.audit")
 
@@ -120,7 +111,6 @@ _UPDATE_SESSION = (
     "UPDATE audit_sessions SET events = events + $1, calls = calls + $2, denied = denied + $3, "
     "ended_at = COALESCE($4, ended_at) WHERE id = $5"
 )
-_COLUMNS = ", ".join(EVENT_COLUMNS)
 
 
 @dataclass
@@ -223,10 +213,17 @@ class PostgresAuditStore(AuditStore):
         async with self._errors("cannot record"), pool.acquire() as conn, conn.transaction():
             return await fn(conn)
 
-    async def _fetch(self, sql: str, *args: Any) -> builtins.list[asyncpg.Record]:
+    @staticmethod
+    def _param(n: int) -> str:
+        return f"${n}"
+
+    async def _select(
+        self, sql: str, params: Sequence[Any], convert: Callable[[Row], T]
+    ) -> builtins.list[T]:
         pool = self._require()
         async with self._errors("cannot be read"):
-            return await pool.fetch(sql, *args)
+            rows = await pool.fetch(sql, *params)
+        return [convert(r) for r in rows]
 
     # -- the writer task --------------------------------------------------------------------
 
@@ -300,55 +297,6 @@ class PostgresAuditStore(AuditStore):
         self._queue.put_nowait(item)
         return await item.future
 
-    async def head(self) -> tuple[int, str]:
-        rows = await self._fetch("SELECT seq, hash FROM audit_head WHERE id = 1")
-        return (rows[0]["seq"], rows[0]["hash"]) if rows else (0, GENESIS)
-
-    async def events(
-        self,
-        *,
-        session_id: str | None = None,
-        since: float | None = None,
-        after_seq: int = 0,
-        limit: int | None = None,
-    ) -> builtins.list[StoredEvent]:
-        sql = f"SELECT {_COLUMNS} FROM audit_events WHERE seq > $1"
-        params: builtins.list[Any] = [after_seq]
-        if session_id is not None:
-            params.append(session_id)
-            sql += f" AND session_id = ${len(params)}"
-        if since is not None:
-            params.append(float(since))
-            sql += f" AND at >= ${len(params)}"
-        sql += " ORDER BY seq"
-        if limit is not None:
-            params.append(max(0, int(limit)))
-            sql += f" LIMIT ${len(params)}"
-        return [stored_event(r) for r in await self._fetch(sql, *params)]
-
-    async def sessions(
-        self,
-        *,
-        principal: str | None = None,
-        since: float | None = None,
-        limit: int = 100,
-    ) -> builtins.list[SessionInfo]:
-        sql = "SELECT * FROM audit_sessions WHERE true"
-        params: builtins.list[Any] = []
-        if principal is not None:
-            params.append(principal)
-            sql += f" AND subject = ${len(params)}"
-        if since is not None:
-            params.append(float(since))
-            sql += f" AND started_at >= ${len(params)}"
-        params.append(max(0, int(limit)))
-        sql += f" ORDER BY started_at DESC, id LIMIT ${len(params)}"
-        return [session_info(r) for r in await self._fetch(sql, *params)]
-
-    async def session(self, session_id: str) -> SessionInfo | None:
-        rows = await self._fetch("SELECT * FROM audit_sessions WHERE id = $1", session_id)
-        return session_info(rows[0]) if rows else None
-
     async def add_checkpoint(self, checkpoint: Checkpoint) -> None:
         async def tx(conn: asyncpg.Connection) -> None:
             await conn.execute(
@@ -362,14 +310,6 @@ class PostgresAuditStore(AuditStore):
             )
 
         await self._tx(tx)
-
-    async def checkpoints(self) -> builtins.list[Checkpoint]:
-        rows = await self._fetch("SELECT * FROM audit_checkpoints ORDER BY seq")
-        return [checkpoint_of(r) for r in rows]
-
-    async def last_checkpoint(self) -> Checkpoint | None:
-        rows = await self._fetch("SELECT * FROM audit_checkpoints ORDER BY seq DESC LIMIT 1")
-        return checkpoint_of(rows[0]) if rows else None
 
     async def prune(self, upto_seq: int) -> int:
         async def tx(conn: asyncpg.Connection) -> int:

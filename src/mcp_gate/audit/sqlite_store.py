@@ -41,19 +41,9 @@ from typing import Any, TypeVar
 
 from mcp_gate import sqlite_db
 
-from .model import GENESIS, AuditEvent, Checkpoint, SessionInfo, StoredEvent
-from .rows import (
-    EVENT_COLUMNS,
-    SESSION_COLUMNS,
-    IndexChanges,
-    chain,
-    checkpoint_of,
-    data_json,
-    index_changes,
-    session_info,
-    stored_event,
-)
-from .store import AuditStore, AuditUnavailable
+from .model import GENESIS, AuditEvent, Checkpoint, StoredEvent
+from .rows import EVENT_COLUMNS, SESSION_COLUMNS, IndexChanges, chain, data_json, index_changes
+from .store import AuditStore, AuditUnavailable, Row
 
 T = TypeVar("T")
 
@@ -377,15 +367,22 @@ class SqliteAuditStore(AuditStore):
 
     # -- reads ------------------------------------------------------------------------------
 
-    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    @staticmethod
+    def _param(n: int) -> str:
+        return "?"
+
+    async def _select(
+        self, sql: str, params: Sequence[Any], convert: Callable[[Row], T]
+    ) -> builtins.list[T]:
         conn, reader = self._read_conn, self._reader
         if conn is None or reader is None:
             raise AuditUnavailable("the audit store is closed")
 
-        def snapshot() -> T:
+        def snapshot() -> builtins.list[T]:
+            # On the reader thread, rows converted too: the event loop only awaits.
             conn.execute("BEGIN")
             try:
-                return fn(conn)
+                return [convert(r) for r in conn.execute(sql, params).fetchall()]
             finally:
                 conn.execute("COMMIT")
 
@@ -406,66 +403,6 @@ class SqliteAuditStore(AuditStore):
         self._enqueue(item)
         return await item.future
 
-    async def head(self) -> tuple[int, str]:
-        def read(conn: sqlite3.Connection) -> tuple[int, str]:
-            row = conn.execute("SELECT seq, hash FROM audit_head WHERE id = 1").fetchone()
-            return (row[0], row[1]) if row else (0, GENESIS)
-
-        return await self._read(read)
-
-    async def events(
-        self,
-        *,
-        session_id: str | None = None,
-        since: float | None = None,
-        after_seq: int = 0,
-        limit: int | None = None,
-    ) -> builtins.list[StoredEvent]:
-        sql = f"SELECT {', '.join(EVENT_COLUMNS)} FROM audit_events WHERE seq > ?"
-        params: builtins.list[Any] = [after_seq]
-        if session_id is not None:
-            sql += " AND session_id = ?"
-            params.append(session_id)
-        if since is not None:
-            sql += " AND at >= ?"
-            params.append(since)
-        sql += " ORDER BY seq"
-        if limit is not None:
-            sql += " LIMIT ?"
-            params.append(max(0, int(limit)))
-        return await self._read(
-            lambda conn: [stored_event(r) for r in conn.execute(sql, params).fetchall()]
-        )
-
-    async def sessions(
-        self,
-        *,
-        principal: str | None = None,
-        since: float | None = None,
-        limit: int = 100,
-    ) -> builtins.list[SessionInfo]:
-        sql = "SELECT * FROM audit_sessions WHERE 1 = 1"
-        params: builtins.list[Any] = []
-        if principal is not None:
-            sql += " AND subject = ?"
-            params.append(principal)
-        if since is not None:
-            sql += " AND started_at >= ?"
-            params.append(since)
-        sql += " ORDER BY started_at DESC, id LIMIT ?"
-        params.append(max(0, int(limit)))
-        return await self._read(
-            lambda conn: [session_info(r) for r in conn.execute(sql, params).fetchall()]
-        )
-
-    async def session(self, session_id: str) -> SessionInfo | None:
-        def read(conn: sqlite3.Connection) -> SessionInfo | None:
-            row = conn.execute("SELECT * FROM audit_sessions WHERE id = ?", (session_id,))
-            found = row.fetchone()
-            return None if found is None else session_info(found)
-
-        return await self._read(read)
-
     async def add_checkpoint(self, checkpoint: Checkpoint) -> None:
         def tx(conn: sqlite3.Connection) -> None:
             conn.execute(
@@ -481,23 +418,6 @@ class SqliteAuditStore(AuditStore):
             )
 
         await self._write(tx)
-
-    async def checkpoints(self) -> builtins.list[Checkpoint]:
-        return await self._read(
-            lambda conn: [
-                checkpoint_of(r)
-                for r in conn.execute("SELECT * FROM audit_checkpoints ORDER BY seq").fetchall()
-            ]
-        )
-
-    async def last_checkpoint(self) -> Checkpoint | None:
-        def read(conn: sqlite3.Connection) -> Checkpoint | None:
-            row = conn.execute(
-                "SELECT * FROM audit_checkpoints ORDER BY seq DESC LIMIT 1"
-            ).fetchone()
-            return None if row is None else checkpoint_of(row)
-
-        return await self._read(read)
 
     async def prune(self, upto_seq: int) -> int:
         def tx(conn: sqlite3.Connection) -> int:
