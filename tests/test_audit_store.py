@@ -626,6 +626,32 @@ async def test_full_sqlite_file_fails_closed(tmp_path: Path) -> None:
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+async def test_sqlite_file_deleted_or_replaced_under_the_store_fails_closed(
+    tmp_path: Path, how: str
+) -> None:
+    """WAL mode would go on committing into the unlinked inode, where the record is lost at
+    the next start: the store refuses instead, and says why."""
+    path = tmp_path / "gate.db"
+    store = SqliteAuditStore(path)
+    await store.open()
+    try:
+        await store.append([AuditEvent("s", EventKind.MESSAGE, T0)])
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+        if how == "replaced":
+            other = SqliteAuditStore(path)  # a fresh, valid store file at the same path
+            await other.open()
+            await other.close()
+        with pytest.raises(AuditUnavailable, match="gone" if how == "deleted" else "replaced"):
+            await store.append([AuditEvent("s", EventKind.MESSAGE, T0)])
+        with pytest.raises(AuditUnavailable):  # and stays refused: nothing lands in silence
+            await store.append([AuditEvent("s", EventKind.MESSAGE, T0)])
+    finally:
+        await store.close()
+
+
+@pytest.mark.anyio
 async def test_closed_store_refuses(store: AuditStore) -> None:
     await store.close()
     with pytest.raises(AuditUnavailable, match="closed"):

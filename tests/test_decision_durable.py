@@ -191,21 +191,10 @@ def gateway_on_store(
         admin_execute(pg_dsn, f"DROP ROLE IF EXISTS {quote_ident(role)}")
 
 
-SQLITE_UNLINKED = (
-    "SqliteAuditStore keeps committing to its open file after the file (with its -wal and "
-    "-shm) has been deleted: SQLite in WAL mode does not check that the database was moved or "
-    "unlinked on commit (SQLITE_READONLY_DBMOVED is only raised for rollback journals), so "
-    "append() succeeds into an inode nobody can read, the call runs, and its decision is gone "
-    "at the next restart, with nothing in the log. Fix in the store: remember the file's "
-    "(st_dev, st_ino) at open and refuse (AuditUnavailable) a commit when os.stat(path) fails "
-    "or differs."
-)
-
-
 @pytest.mark.parametrize(
     "kind",
     [
-        pytest.param("sqlite", marks=pytest.mark.xfail(strict=True, reason=SQLITE_UNLINKED)),
+        "sqlite",
         "postgresql",
     ],
 )

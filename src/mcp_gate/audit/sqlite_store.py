@@ -13,6 +13,10 @@ sequence), inserts the rows, updates the sessions index and the head row, commit
 read-only file), every waiter of that commit gets `AuditUnavailable`; nothing is dropped in
 silence, and the next commit tries again. After `close`, `append` raises `AuditUnavailable`.
 
+A file deleted or replaced under a running gateway is refused too: in WAL mode SQLite goes on
+committing into the unlinked inode, where nobody can read the record and the next start loses
+it. The writer remembers the file's (device, inode) and checks it before every commit.
+
 Schema (component `audit` in `mcp_gate_schema`, version 1):
 
     audit_events(seq PK, prev_hash, hash, session_id, kind, at, direction, method,
@@ -30,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import os
 import queue
 import sqlite3
 import threading
@@ -205,6 +210,7 @@ class SqliteAuditStore(AuditStore):
         self._read_conn: sqlite3.Connection | None = None
         self._closed = False
         self._lock = threading.Lock()  # orders `close` against `append`'s enqueue
+        self._identity: tuple[int, int] | None = None  # the writer's file: (st_dev, st_ino)
 
     def __repr__(self) -> str:
         return f"<SqliteAuditStore {self.path}>"
@@ -270,6 +276,7 @@ class SqliteAuditStore(AuditStore):
     def _run(self, ready: Future[None]) -> None:
         try:
             conn = self._connect()
+            self._identity = self._file_identity()
         except BaseException as exc:
             ready.set_exception(exc)
             return
@@ -313,6 +320,19 @@ class SqliteAuditStore(AuditStore):
             except queue.Empty:
                 return
 
+    def _file_identity(self) -> tuple[int, int]:
+        st = os.stat(self.path)
+        return st.st_dev, st.st_ino
+
+    def _check_file(self) -> None:
+        """Raise `sqlite3.OperationalError` unless the writer's file is still at `path`."""
+        try:
+            same = self._file_identity() == self._identity
+        except OSError as exc:
+            raise sqlite3.OperationalError(f"the file is gone ({exc.strerror})") from None
+        if not same:
+            raise sqlite3.OperationalError("the file was replaced since the gateway opened it")
+
     @staticmethod
     def _fail(item: Any, error: BaseException) -> None:
         if isinstance(item, _Append):
@@ -333,6 +353,7 @@ class SqliteAuditStore(AuditStore):
             return results
 
         try:
+            self._check_file()
             results = sqlite_db.transaction(conn, tx)
         except sqlite3.Error as exc:
             _wake(group, None, self._unavailable(exc))
@@ -344,6 +365,7 @@ class SqliteAuditStore(AuditStore):
 
     def _job(self, conn: sqlite3.Connection, job: _Job) -> None:
         try:
+            self._check_file()
             result = sqlite_db.transaction(conn, job.fn)
         except sqlite3.Error as exc:
             _resolve(job.future, error=self._unavailable(exc))
