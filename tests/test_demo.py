@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -27,6 +28,8 @@ from mcp.client.streamable_http import streamable_http_client
 from approval_helpers import decide_when_pending
 from gateway_helpers import MCP_GATE, Gateway, text_of
 from mcp_gate.demo.embedded import free_port
+from mcp_gate.demo.run import choose_port
+from mcp_gate.gateway.serve import bind_socket
 
 pytestmark = pytest.mark.slow
 
@@ -146,12 +149,16 @@ async def agent_session(gateway: Gateway, agent: str, approver: str) -> dict[str
 
 
 def test_demo_session_replayed_and_verified_without_config(tmp_path: Path) -> None:
-    port = free_port()
-    process = start_demo(tmp_path, port)
+    process = start_demo(tmp_path, 0)  # any free port: the URL and tokens name the real one
     folder = tmp_path / ".mcp-gate-demo"
     try:
         wait_for(folder / "tokens.json", process)
         state = json.loads((folder / "tokens.json").read_text())
+        port = int(state["url"].removeprefix("http://127.0.0.1:").removesuffix("/mcp"))
+        assert (
+            0 < port < 65536
+            and f'listen = "127.0.0.1:{port}"' in (folder / "mcp-gate.toml").read_text()
+        )
         gateway = Gateway(
             folder=folder, config=folder / "mcp-gate.toml", url=state["url"], env=dict(os.environ)
         )
@@ -199,9 +206,17 @@ def test_demo_session_replayed_and_verified_without_config(tmp_path: Path) -> No
             f"approval {decided['id']} created",
             f"approved by alice: {REASON}",
             f"approval {decided['id']} executed",
+            # what the approved write did, not an empty table
+            f"{held.structured_content['status']} ({held.structured_content['affected_rows']:,} "
+            "rows affected)",
             "session ended",
         ):
             assert expected in timeline, f"{expected!r} missing from the replay:\n{timeline}"
+        # The session starts at or before its first event: no negative offsets, and the
+        # initialize that opened it comes after "session started".
+        offsets = [float(m) for m in re.findall(r"(?m)^\s*([+-]\d+\.\d{3})s ", timeline)]
+        assert len(offsets) >= session["events"] and min(offsets) >= 0, timeline
+        assert timeline.index("session started") < timeline.index("→ initialize")
         # In order: the read, the refusal, then the held call and its approval.
         assert timeline.index(READ) < timeline.index("DENY") < timeline.index("REVIEW")
         assert timeline.index("REVIEW") < timeline.index("approved by alice")
@@ -218,6 +233,18 @@ def test_demo_session_replayed_and_verified_without_config(tmp_path: Path) -> No
         verified = gate(tmp_path, "audit", "verify")
         assert verified.returncode == 0, verified.stdout + verified.stderr
         assert verified.stdout.startswith("ok:")
+
+        # `mcp-gate token` signs with the demo's issuer from its folder, no --config: the
+        # gateway takes bob (dba) as an approver.
+        minted = gate(tmp_path, "token", "--sub", "bob", "--groups", "dba")
+        assert minted.returncode == 0, minted.stderr
+        bob = minted.stdout.strip()
+        assert minted.stdout == bob + "\n" and bob.count(".") == 2
+        queue = gate(
+            tmp_path, "approvals", "list", "--token", bob, "--status", "executed", "--json"
+        )
+        assert queue.returncode == 0, queue.stdout + queue.stderr
+        assert [a["id"] for a in json.loads(queue.stdout)["approvals"]] == [decided["id"]]
 
         # A hand edit of one byte of one event's payload (the refusal's rule name, in the
         # SQLite store) breaks the chain at that event.
@@ -243,10 +270,42 @@ def test_demo_session_replayed_and_verified_without_config(tmp_path: Path) -> No
         "mcp-gate sessions list",
         "mcp-gate replay <session id>",
         "mcp-gate audit verify",
+        "mcp-gate token --sub bob --groups dba",
     ):
         line = next(x for x in output.splitlines() if command in x)
         assert "--config" not in line
+    assert f"http://127.0.0.1:{port}/mcp" in output and "127.0.0.1:0" not in output
     assert not folder.exists()
+
+
+def test_demo_port_zero_taken_or_invalid(tmp_path: Path) -> None:
+    """`--port 0` means any free port (never a URL naming port 0); a taken port gives way to
+    a free one; a number that is no port is refused before anything starts."""
+    for _ in range(3):
+        port = choose_port(0)
+        assert port != 0
+        bind_socket("127.0.0.1", port).close()  # really free
+    with contextlib.closing(bind_socket("127.0.0.1", 0)) as taken:
+        busy = taken.getsockname()[1]
+        assert choose_port(busy) != busy
+    free = free_port()
+    assert choose_port(free) == free
+    for bad in (-1, 65536, 10**6):
+        with pytest.raises(ValueError, match="TCP port"):
+            choose_port(bad)
+    refused = gate(tmp_path, "demo", "--port", "70000")
+    assert refused.returncode == 2
+    assert "--port 70000" in refused.stdout + refused.stderr
+    assert not (tmp_path / ".mcp-gate-demo").exists()
+
+
+def test_token_without_any_config(tmp_path: Path) -> None:
+    """`mcp-gate token` with no ./mcp-gate.toml and no demo here: exit 2, nothing on stdout,
+    both places named."""
+    result = gate(tmp_path, "token", "--sub", "bob")
+    assert result.returncode == 2 and result.stdout == ""
+    message = " ".join(result.stderr.split())
+    assert "./mcp-gate.toml" in message and "./.mcp-gate-demo/mcp-gate.toml" in message
 
 
 @pytest.mark.parametrize(

@@ -379,7 +379,8 @@ def test_mask_result_columns_then_detectors() -> None:
     )
     dets = [("email", "redact"), ("credit_card", "partial")]
     masked, flags = mask_result(r, [None, "partial", None, None, None], dets, hash_key=KEY)
-    assert flags == [False, True, False, False, False]
+    # a rule masked `email`; detectors changed values of `note`, `doc` and `tags`
+    assert flags == [False, True, True, True, True]
     assert masked.rows == [
         (1, "***@x.com", "card ************4242 ok", '{"e":"[MASKED]"}', [MASKED]),
         (2, None, "nothing to see", '{"a": 1}', None),
@@ -388,7 +389,9 @@ def test_mask_result_columns_then_detectors() -> None:
     assert masked.row_count == 2 and masked.elapsed_ms == 1.0
     content = structured(masked, masked=flags)
     assert content["columns"][1] == {"name": "email", "type": "text", "masked": True}
-    assert content["rows"][0][3] == {"e": MASKED}
+    doc = content["rows"][0][3]
+    assert (json.loads(doc) if isinstance(doc, str) else doc) == {"e": MASKED}
+    assert [c["masked"] for c in content["columns"]] == flags
     text = text_table(masked, masked=flags)
     assert "a@x.com" not in text and "bob@example.com" not in text and "4242 4242" not in text
 
@@ -399,8 +402,28 @@ def test_mask_result_labelled_and_numeric_values() -> None:
         [(123456789, 4242424242424242, decimal.Decimal("5555555555554444"), 123456789)],
     )
     masked, flags = mask_result(r, [None] * 4, [("us_ssn", "null"), ("credit_card", "redact")])
-    assert flags == [False] * 4
+    assert flags == [True, True, True, False]
     assert masked.rows == [(None, MASKED, MASKED, 123456789)]
+
+
+def test_mask_result_flags_say_which_columns_detectors_changed() -> None:
+    """No column rule applies (a caller exempt from it): a column is flagged exactly when a
+    detector changed one of its values, wherever in the column the hit is; a column whose
+    values only look alike, or hold a hit elsewhere in the row, stays unflagged."""
+    rows = [(i, f"user{i}", "no contact", f"order {i}") for i in range(300)]
+    rows[257] = (257, "user257", "reach me at eve@example.org", "order 257")
+    rows[3] = (3, "user3", "x", "ssn: 123-45-6789")  # labelled
+    r = result([("id", "int4"), ("name", "text"), ("note", "text"), ("memo", "text")], rows)
+    dets = [("email", "redact"), ("us_ssn", "null")]
+    masked, flags = mask_result(r, [None] * 4, dets)
+    assert flags == [False, False, True, True]
+    assert masked.rows[257][2] == f"reach me at {MASKED}" and masked.rows[3][3] != rows[3][3]
+    assert "123-45-6789" not in str(masked.rows) and "eve@example.org" not in str(masked.rows)
+    content = structured(masked, masked=flags)
+    assert [c["masked"] for c in content["columns"]] == [False, False, True, True]
+    assert text_table(masked, masked=flags).endswith("masked: note, memo")
+    clean = result([("note", "text")], [("nothing to see",), ("eve at example dot org",)])
+    assert mask_result(clean, [None], dets)[1] == [False]
 
 
 def test_mask_result_bytea_and_hash_detector() -> None:
@@ -419,7 +442,7 @@ def test_column_token_equals_detector_token() -> None:
     for rows in ([(v, f"note {v} end") for v in values], [(values[0], f"x {values[0]}")] * 300):
         r = result([("secret", "text"), ("note", "text")], rows)
         masked, flags = mask_result(r, ["hash", None], dets, hash_key=KEY)
-        assert flags == [True, False]
+        assert flags == [True, True]  # `note`: by the detectors
         for (token, note), (value, _) in zip(masked.rows, rows, strict=True):
             assert token == Hasher(KEY)(value)
             assert note == f"note {token} end" or note == f"x {token}"

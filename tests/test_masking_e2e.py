@@ -37,6 +37,7 @@ decision = "review"
 columns = ["*.email", "*.ssn", "*.card_number", "*.Email", "*.iban", "*.Secret", "*.s",
            "*.contact", "*.account", "*.email_lower"]
 strategy = "redact"
+except_groups = ["pii-readers"]
 
 [[mask]]
 detect = ["email", "credit_card", "us_ssn", "iban"]
@@ -130,6 +131,36 @@ async def test_masked_column_values_are_replaced(gateway: Gateway) -> None:
         assert not result.is_error, text_of(result)
         assert [c["masked"] for c in result.structured_content["columns"]] == [False, True]
         assert {r[1] for r in result.structured_content["rows"]} == {"[MASKED]"}
+
+
+@pytest.mark.anyio
+async def test_detector_hits_are_flagged_for_callers_exempt_from_the_column_rule(
+    gateway: Gateway,
+) -> None:
+    """`pii-readers` are exempt from the column rule, not from the value detectors: where a
+    detector replaced values, the column says `masked: true` (the text table too); a column
+    the detectors left alone does not."""
+    sql = "SELECT id, email, name FROM users ORDER BY id"
+    async with gateway.client(gateway.token("pat", "pii-readers")) as client:
+        exempt = await client.call_tool("sql_query", {"sql": sql})
+        # A column no rule names, carrying an email anyway (a hostile alias of a literal).
+        smuggled = await client.call_tool(
+            "sql_query", {"sql": "SELECT id, 'write to ' || 'eve@example.org' AS name FROM users"}
+        )
+    async with gateway.client(gateway.token("agent", "developers")) as client:
+        ruled = await client.call_tool("sql_query", {"sql": sql})
+    for result in (exempt, smuggled, ruled):
+        assert not result.is_error, text_of(result)
+        assert not leaked(result) and "eve@example.org" not in text_of(result)
+    content = exempt.structured_content
+    assert [c["masked"] for c in content["columns"]] == [False, True, False]
+    assert {row[1] for row in content["rows"]} == {"[MASKED]"}
+    assert text_of(exempt).rstrip().endswith("masked: email")
+    columns = smuggled.structured_content["columns"]
+    assert [c["masked"] for c in columns] == [False, True]
+    assert {r[1] for r in smuggled.structured_content["rows"]} == {"write to [MASKED]"}
+    # Without the exemption the rule masks it: the same flags, whichever masked it.
+    assert [c["masked"] for c in ruled.structured_content["columns"]] == [False, True, False]
 
 
 @pytest.mark.anyio

@@ -114,7 +114,7 @@ def demo(
 
 @app.command()
 def token(
-    config: ConfigPath = Path(DEFAULT_CONFIG),
+    config: AuditConfigPath = None,  # found as the audit commands find it (defined below)
     sub: Annotated[str, typer.Option("--sub", help="The subject (who the token is for).")] = (
         "local-user"
     ),

@@ -17,9 +17,10 @@ from rich.table import Table
 from rich.text import Text
 
 from mcp_gate.config import ConfigFileError, load_config
+from mcp_gate.config_locate import DEMO_DIR
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
-DEMO_TOKENS = Path(".mcp-gate-demo") / "tokens.json"
+DEMO_TOKENS = Path(DEMO_DIR) / "tokens.json"
 
 
 def _demo() -> dict[str, Any]:

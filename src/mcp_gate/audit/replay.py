@@ -3,9 +3,14 @@
 One line per event, at its offset from the session's start: the direction (`→` from the
 client, `←` to it), the method and request id; tool calls with their SQL highlighted; the
 decision with its reasons (and approval id); approval events (who approved or denied, why);
-results truncated sensibly (the first rows of a table, long text cut with "… N more
-characters"); timings. Reads the event shapes the recorder writes (`recorder.py`) and stays
-readable for anything else (shown as compact JSON, cut).
+results truncated sensibly (the first rows and columns of a table, long text cut with "… N
+more characters"); what a write did (its command tag and affected rows); a plan's estimate
+and its first nodes; timings. Reads the event shapes the recorder writes (`recorder.py`) and
+stays readable for anything else (shown as compact JSON, cut).
+
+Offsets count from the session's start, or from its first event when that came earlier: the
+request that opens a session is recorded with its arrival time, the `session_start` only once
+the gateway has answered it, a few milliseconds later.
 """
 
 from __future__ import annotations
@@ -26,7 +31,9 @@ from .model import EventKind, SessionInfo, StoredEvent
 
 MAX_TEXT = 400  # characters of a result's text shown
 MAX_ROWS = 5  # rows of a table result shown
+MAX_COLUMNS = 12  # columns of a table result shown
 MAX_CELL = 40
+MAX_PLAN_NODES = 8  # nodes of an EXPLAIN plan shown
 MAX_JSON = 240
 _DECISION_STYLE = {"allow": "bold green", "deny": "bold red", "review": "bold yellow"}
 
@@ -105,6 +112,9 @@ class Timeline:
                 self.console.print(rendered)
 
     def _line(self, stored: StoredEvent, *parts: tuple[str, str] | str) -> Text:
+        # The session began no later than its first event (module docstring): never a
+        # negative offset, and later offsets count from that first event.
+        self.t0 = min(self.t0, stored.event.at)
         text = Text()
         text.append(f"{stored.event.at - self.t0:+9.3f}s ", style="dim")
         for part in parts:
@@ -152,6 +162,12 @@ class Timeline:
         rid = f" #{ev.request_id}" if ev.request_id is not None else ""
         if not isinstance(msg, dict):
             return self._line(stored, arrow, compact(msg))
+        if set(msg) == {"unparsed"}:  # a body that was not JSON (or too big to record whole)
+            raw = str(msg["unparsed"])
+            head = self._line(
+                stored, arrow, ("not JSON-RPC", "bold yellow"), f" ({len(raw)} characters)"
+            )
+            return Group(head, _indent(Text(cut(raw), style="dim"))) if raw else head
         timing = f" ({ev.duration_ms:g} ms)" if ev.duration_ms is not None else ""
         if "method" in msg:
             params = msg.get("params") if isinstance(msg.get("params"), dict) else {}
@@ -213,8 +229,11 @@ class Timeline:
 
     def _result(self, result: dict[str, Any]) -> list[RenderableType]:
         structured = result.get("structuredContent")
-        if isinstance(structured, dict) and isinstance(structured.get("rows"), list):
-            return [_indent(_table(structured))]
+        if isinstance(structured, dict) and not result.get("isError"):
+            if isinstance(structured.get("rows"), list):
+                return [_indent(_rows_result(structured))]
+            if "plan" in structured and "estimated_rows" in structured:
+                return [_indent(_plan(structured))]
         texts = [
             str(block.get("text", ""))
             for block in result.get("content") or []
@@ -288,29 +307,95 @@ def _indent(renderable: RenderableType) -> Padding:
     return Padding(renderable, (0, 0, 0, 13))
 
 
-def _table(structured: dict[str, Any]) -> RenderableType:
+def _count(n: int, word: str) -> str:
+    return f"{n:,} {word}" if n == 1 else f"{n:,} {word}s"
+
+
+def _rows_result(structured: dict[str, Any]) -> RenderableType:
+    """A SQL result (`{columns, rows, row_count, truncated}`, plus `status` and
+    `affected_rows` for writes): the write's outcome, then the first rows and columns, and
+    what was left out."""
     columns = structured.get("columns") or []
     rows = structured.get("rows") or []
+    total = structured.get("row_count")
+    total = total if isinstance(total, int) else len(rows)
+    status = structured.get("status")
+    outcome: list[RenderableType] = []
+    if status is not None:
+        line = Text(str(status), style="bold")
+        affected = structured.get("affected_rows")
+        if isinstance(affected, int):
+            line.append(f" ({_count(affected, 'row')} affected)")
+        outcome.append(line)
+    width = len(columns) or max((len(r) for r in rows if isinstance(r, list)), default=0)
+    if not width:  # a write without RETURNING (or a statement without a result)
+        return Group(*outcome) if outcome else Text("no columns, no rows", style="dim")
+    shown = min(width, MAX_COLUMNS)
     table = Table(show_header=True, header_style="bold", show_lines=False, pad_edge=False)
-    for col in columns:
+    for i in range(shown):
+        col = columns[i] if i < len(columns) else f"#{i + 1}"
         if isinstance(col, dict):
             name = str(col.get("name", "?")) + (" (masked)" if col.get("masked") else "")
         else:
             name = str(col)
         table.add_column(name, overflow="ellipsis", max_width=MAX_CELL)
-    if not columns and rows and isinstance(rows[0], list):
-        for i in range(len(rows[0])):
-            table.add_column(f"#{i + 1}")
     for row in rows[:MAX_ROWS]:
-        cells = row if isinstance(row, list) else [row]
-        table.add_row(*(cut("NULL" if c is None else str(c), MAX_CELL) for c in cells))
-    total = structured.get("row_count", len(rows))
-    more = (total if isinstance(total, int) else len(rows)) - min(len(rows), MAX_ROWS)
+        cells = (row if isinstance(row, list) else [row])[:shown]
+        cells = [*cells, *([""] * (shown - len(cells)))]
+        table.add_row(*(cut("NULL" if c is None else _cell(c), MAX_CELL) for c in cells))
     notes = []
+    if not rows:
+        notes.append("0 rows")
+    more = total - min(len(rows), MAX_ROWS)
     if more > 0:
-        notes.append(f"… {more} more rows")
+        notes.append(f"… {_count(more, 'more row')}")
+    if width > shown:
+        notes.append(f"… {_count(width - shown, 'more column')}")
     if structured.get("truncated"):
-        notes.append("(truncated at max_rows)")
+        notes.append(f"truncated at max_rows ({_count(total, 'row')} returned)")
     if notes:
-        return Group(table, Text(" ".join(notes), style="dim"))
-    return table
+        return Group(*outcome, table, Text(", ".join(notes), style="dim"))
+    return Group(*outcome, table)
+
+
+def _cell(value: Any) -> str:
+    # JSON cells (json/jsonb columns, arrays, records) as compact JSON, not Python reprs
+    return value if isinstance(value, str) else compact(value, MAX_CELL)
+
+
+def _plan(structured: dict[str, Any]) -> RenderableType:
+    """An `sql_explain` result: the planner's estimate, then the plan's first nodes."""
+    head = Text("plan", style="bold")
+    head.append(f": estimated {structured.get('estimated_rows')} rows")
+    cost = structured.get("estimated_cost")
+    if isinstance(cost, int | float):
+        head.append(f", cost {cost:g}")
+    nodes: list[str] = []
+    plan = structured.get("plan")
+    top = (
+        plan[0].get("Plan")
+        if isinstance(plan, list) and plan and isinstance(plan[0], dict)
+        else None
+    )
+    stack: list[tuple[Any, int]] = [(top, 0)]
+    total = 0
+    while stack:
+        node, depth = stack.pop()
+        if not isinstance(node, dict):
+            continue
+        total += 1
+        if len(nodes) < MAX_PLAN_NODES:
+            name = str(node.get("Node Type", "?"))
+            if node.get("Relation Name"):
+                name += f" on {node['Relation Name']}"
+            rows = node.get("Plan Rows")
+            nodes.append("  " * depth + name + (f"  (rows {rows})" if rows is not None else ""))
+        children = node.get("Plans")
+        if isinstance(children, list):
+            stack.extend((child, depth + 1) for child in reversed(children))
+    lines: list[RenderableType] = [head]
+    if nodes:
+        lines.append(Text("\n".join(nodes), style="dim"))
+    if total > len(nodes):
+        lines.append(Text(f"… {_count(total - len(nodes), 'more node')}", style="dim"))
+    return Group(*lines)

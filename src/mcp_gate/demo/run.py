@@ -28,6 +28,7 @@ from mcp_gate.config_locate import DEMO_DIR
 from mcp_gate.demo import sample
 from mcp_gate.demo.embedded import free_port, start_embedded_postgres
 from mcp_gate.gateway.serve import bind_socket, serve_http
+from mcp_gate.store_target import StartupError
 
 DATABASE = "demo"
 READER_ENV = "MCP_GATE_DEMO_READER_PASSWORD"
@@ -50,11 +51,17 @@ def find_policies() -> Path:
 
 
 def choose_port(wanted: int) -> int:
-    """`wanted` when it is free, else any free loopback port."""
+    """`wanted` when it is free, else (and for 0, "any port") a free loopback port: the
+    config, URL and tokens name the port the gateway really listens on. A number that is no
+    TCP port is a `ValueError`."""
+    if not 0 <= wanted <= 65535:
+        raise ValueError(f"--port {wanted}: give a TCP port (1-65535), or 0 for any free port")
+    if wanted == 0:
+        return free_port()
     try:
         bind_socket("127.0.0.1", wanted).close()
         return wanted
-    except Exception:
+    except StartupError:  # taken, or not ours to bind: any free one rather than failing
         return free_port()
 
 
@@ -146,7 +153,7 @@ def _print_ready(
             "  mcp-gate audit verify              (exit 0 when no recorded row was altered)\n",
             ("\nTry from another terminal:\n", "bold"),
             '  mcp-gate policy test --sql "DELETE FROM orders"\n',
-            f"  mcp-gate token --config {config} --sub bob --groups dba\n",
+            "  mcp-gate token --sub bob --groups dba    (from this folder)\n",
             ("\nCtrl-C stops the gateway and PostgreSQL and removes ", "dim"),
             (f"{config.parent}", "dim"),
         )
@@ -184,7 +191,14 @@ def run_demo(console: Console, *, port: int, root: Path) -> int:
     except FileNotFoundError as exc:
         console.print(f"[red]{exc}[/]")
         return 2
-    port = choose_port(port)
+    try:
+        chosen = choose_port(port)
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/]")
+        return 2
+    if port and chosen != port:
+        console.print(f"[yellow]127.0.0.1:{port} is in use:[/] the gateway listens on {chosen}")
+    port = chosen
     with demo_folder(root) as folder:
         with console.status("Starting an embedded PostgreSQL…"):
             server = start_embedded_postgres()

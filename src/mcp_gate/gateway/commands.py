@@ -11,6 +11,7 @@ from pathlib import Path
 
 import anyio
 from rich.console import Console
+from rich.markup import escape
 
 from mcp_gate.config import ConfigFileError, GateConfig, load_config
 from mcp_gate.policy.model import parse_duration
@@ -83,7 +84,7 @@ def demo(*, port: int, console: Console, err: Console) -> int:
 
 
 def token(
-    config_path: Path,
+    config_path: Path | None,
     *,
     subject: str,
     groups: list[str],
@@ -91,7 +92,15 @@ def token(
     out: Console,
     err: Console,
 ) -> int:
-    """Print a token from the dev issuer, alone on stdout."""
+    """Print a token from the dev issuer, alone on stdout. Without `--config` (None) the
+    config is `./mcp-gate.toml`, else the demo's (`config_locate`)."""
+    from mcp_gate.config_locate import ConfigNotFound, locate_config
+
+    try:
+        config_path = locate_config(config_path)
+    except ConfigNotFound as exc:
+        err.print(f"[red]{escape(str(exc))}[/]")
+        return EXIT_USAGE
     config = load(config_path, err)
     if config is None:
         return EXIT_USAGE

@@ -12,8 +12,10 @@ whole, whatever its type: JSON, arrays and records are never masked element by e
 `mask_result` then runs the detectors over every cell of the columns no rule masked: strings
 (JSON text included: parsed and walked), arrays, records, integers of 9+ digits, bytea. Cells
 are scanned in one pass per column (the column's strings joined by newlines, the column name as
-label context), and only the cells holding a hit are masked, one by one. A detector hit masks
-part of a value and does not set the column's `masked` flag, which is for column rules.
+label context), and only the cells holding a hit are masked, one by one. A column is reported
+`masked` when a column rule masked it or a detector changed at least one of its values: the
+flag says the agent did not get the column's values as stored (a caller exempt from a column
+rule still gets detector hits masked).
 """
 
 from __future__ import annotations
@@ -221,7 +223,8 @@ def mask_result(
 ) -> tuple[QueryResult, list[bool]]:
     """Column masks by output position, then value detectors over the other columns. Returns
     the masked result (a copy) and the per-column `masked` flags for `results.structured` and
-    `results.text_table`."""
+    `results.text_table`: True for a column masked by a rule, or with a value a detector
+    changed."""
     width = len(result.columns)
     if len(strategies) != width:
         raise ValueError(f"{len(strategies)} strategies for {width} columns")
@@ -237,6 +240,7 @@ def mask_result(
             if strategies[i] is not None:
                 continue
             scanned = _scan_column(sc, [r[i] for r in rows], column.name, hasher)
+            flags[i] = bool(scanned)
             for j, value in scanned.items():
                 row = list(rows[j])
                 row[i] = value
