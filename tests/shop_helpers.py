@@ -1,6 +1,6 @@
 """The demo's sample shop in a fresh database with its own reader and writer roles, the
 repository's policy with test settings, and a gateway serving both: what most end-to-end tests
-start from."""
+start from. Also a PostgreSQL store and two replicas of one gateway on it."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from gateway_helpers import Gateway, running_gateway
+from mcp_gate.demo.embedded import free_port
 from mcp_gate.demo.sample import load_sample
-from pgserver import admin_execute, dsn_with, run_sync, unique_name
+from pgserver import admin_execute, dsn_with, quote_ident, run_sync, unique_name
 
 SAMPLE_POLICY = Path(__file__).resolve().parents[1] / "policies.toml"
 
@@ -76,16 +77,78 @@ def shop_gateway(
     shop: Shop, folder: Path, policy: str | None = None, **options: Any
 ) -> Iterator[Gateway]:
     """`mcp-gate serve` over `shop` with `policy` (default: the repository's) written into
-    `folder`; `options` go to `running_gateway`."""
+    `folder`; `options` go to `running_gateway` (`write_dsn=None`: no write path; `env` is
+    added to the shop's)."""
     policies = folder / "policies.toml"
     policies.write_text(policy if policy is not None else SAMPLE_POLICY.read_text())
+    options = {"write_dsn": shop.writer, **options}
     with running_gateway(
         folder,
         dsn=shop.reader,
-        write_dsn=shop.writer,
         env={**shop.env, **options.pop("env", {})},
         policies=policies,
         **options,
     ) as gateway:
         gateway.db = shop.dsn
         yield gateway
+
+
+@dataclass(frozen=True)
+class PgStore:
+    """A PostgreSQL `[server] store`: its DSN (no password in it), the role that owns it
+    and that role's password, which the gateway reads from `GATE_TEST_STORE_PW` and must
+    never show."""
+
+    dsn: str
+    owner: str
+    password: str
+
+    @property
+    def server(self) -> str:
+        """The `[server]` lines that point a gateway at this store."""
+        return f'store = "{self.dsn}"\nstore_password_env = "GATE_TEST_STORE_PW"'
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The environment that carries the password."""
+        return {"GATE_TEST_STORE_PW": self.password}
+
+
+@contextlib.contextmanager
+def pg_store(pg_dsn: str) -> Iterator[PgStore]:
+    """A store in a database of its own, owned by a role that logs in with a password (not
+    the superuser), both dropped after."""
+    database, owner = unique_name("store"), unique_name("store_owner")
+    password = "store-pw-" + secrets.token_hex(6)
+    admin_execute(
+        pg_dsn,
+        f"CREATE ROLE {quote_ident(owner)} LOGIN PASSWORD '{password}'",
+        f"CREATE DATABASE {quote_ident(database)} OWNER {quote_ident(owner)}",
+    )
+    try:
+        yield PgStore(dsn_with(pg_dsn, database=database, user=owner, password=""), owner, password)
+    finally:
+        admin_execute(pg_dsn, f"DROP DATABASE IF EXISTS {quote_ident(database)} WITH (FORCE)")
+        admin_execute(pg_dsn, f"DROP ROLE IF EXISTS {quote_ident(owner)}")
+
+
+@contextlib.contextmanager
+def shop_replicas(
+    shop: Shop, root: Path, policy: str, store: PgStore
+) -> Iterator[tuple[Gateway, Gateway]]:
+    """Two replicas of one gateway over `shop`, in `root`/a and `root`/b, as behind a load
+    balancer: one public URL (A's: the tokens' audience and issuer), one absolute data_dir
+    (the dev issuer's and the state keys) and one `store`."""
+    port_a = free_port()
+    options: dict[str, Any] = {
+        "server_extra": f'public_url = "http://127.0.0.1:{port_a}/mcp"\n{store.server}',
+        "data_dir": (root / "state").as_posix(),
+        "env": store.env,
+    }
+    (root / "a").mkdir()
+    (root / "b").mkdir()
+    with (
+        shop_gateway(shop, root / "a", policy, port=port_a, **options) as a,
+        shop_gateway(shop, root / "b", policy, **options) as b,
+    ):
+        yield a, b

@@ -4,22 +4,18 @@ API; both MCP eras; a real gateway process, real PostgreSQL, real tokens."""
 from __future__ import annotations
 
 import json
-import secrets
 import subprocess
 from collections.abc import Iterator
-from pathlib import Path
 
 import anyio
 import pytest
 from mcp import types
 
 from approval_helpers import admin, db_value, decide_when_pending, wait_pending
-from gateway_helpers import MCP_GATE, Gateway, running_gateway, text_of
-from mcp_gate.demo.sample import load_sample
-from pgserver import admin_execute, dsn_with, run_sync, unique_name
+from gateway_helpers import MCP_GATE, Gateway, text_of
+from shop_helpers import sample_policy, sample_shop, shop_gateway
 
 pytestmark = pytest.mark.slow
-SAMPLE_POLICY = Path(__file__).resolve().parents[1] / "policies.toml"
 
 
 @pytest.fixture(scope="module")
@@ -29,33 +25,16 @@ def anyio_backend() -> str:
 
 @pytest.fixture(scope="module")
 def gateway(pg_dsn: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    name = unique_name("test_approvals")
-    reader, writer = unique_name("reader"), unique_name("writer")
-    reader_pw, writer_pw = secrets.token_urlsafe(12), secrets.token_urlsafe(12)
-    run_sync(lambda: load_sample(pg_dsn, name, reader_pw, writer_pw, reader=reader, writer=writer))
-    db = dsn_with(pg_dsn, database=name)
-    folder = tmp_path_factory.mktemp("approvals")
-    policies = folder / "policies.toml"
-    policies.write_text(SAMPLE_POLICY.read_text().replace('wait = "2m"', 'wait = "15s"'))
-    env = {"GATE_TEST_READER_PW": reader_pw, "GATE_TEST_WRITER_PW": writer_pw}
-    try:
-        with running_gateway(
-            folder,
-            dsn=dsn_with(db, user=reader, password=""),
-            write_dsn=dsn_with(db, user=writer, password=""),
-            env=env,
-            policies=policies,
-        ) as gw:
-            gw.db = db  # type: ignore[attr-defined]
-            yield gw
-    finally:
-        admin_execute(pg_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin_execute(pg_dsn, f'DROP ROLE IF EXISTS "{reader}"', f'DROP ROLE IF EXISTS "{writer}"')
+    with (
+        sample_shop(pg_dsn, "test_approvals") as shop,
+        shop_gateway(shop, tmp_path_factory.mktemp("approvals"), sample_policy(wait='"15s"')) as gw,
+    ):
+        yield gw
 
 
 def count_cancelled(gateway: Gateway, where: str = "true") -> int:
-    db = gateway.db  # type: ignore[attr-defined]
-    return db_value(db, f"SELECT count(*) FROM orders WHERE status = 'cancelled' AND {where}")
+    sql = f"SELECT count(*) FROM orders WHERE status = 'cancelled' AND {where}"
+    return db_value(gateway.db, sql)
 
 
 @pytest.mark.anyio

@@ -6,23 +6,20 @@ gateway was down is expired as soon as the gateway is back."""
 from __future__ import annotations
 
 import contextlib
-import secrets
 import sqlite3
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 import pytest
 
 from approval_helpers import admin, db_value
-from gateway_helpers import Gateway, running_gateway, text_of
-from mcp_gate.demo.sample import load_sample
-from pgserver import admin_execute, dsn_with, run_sync, unique_name
+from gateway_helpers import Gateway, text_of
+from pgserver import admin_execute
+from shop_helpers import Shop, sample_policy, sample_shop, shop_gateway
 
 pytestmark = pytest.mark.slow
-SAMPLE_POLICY = Path(__file__).resolve().parents[1] / "policies.toml"
 
 
 @pytest.fixture(scope="module")
@@ -30,48 +27,24 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-@dataclass
-class Shop:
-    """The sample database with a `ledger` table, and how the gateway reaches it."""
-
-    db: str
-    reader: str
-    writer: str
-    env: dict[str, str]
-
-
 @pytest.fixture(scope="module")
 def shop(pg_dsn: str) -> Iterator[Shop]:
-    name = unique_name("test_restart")
-    reader, writer = unique_name("reader"), unique_name("writer")
-    reader_pw, writer_pw = secrets.token_urlsafe(12), secrets.token_urlsafe(12)
-    run_sync(lambda: load_sample(pg_dsn, name, reader_pw, writer_pw, reader=reader, writer=writer))
-    db = dsn_with(pg_dsn, database=name)
-    admin_execute(
-        db,
-        "CREATE TABLE ledger (id serial PRIMARY KEY, note text NOT NULL)",
-        f'GRANT SELECT ON ledger TO "{reader}"',
-        f'GRANT SELECT, INSERT ON ledger TO "{writer}"',
-        f'GRANT USAGE ON SEQUENCE ledger_id_seq TO "{writer}"',
-    )
-    try:
-        yield Shop(
-            db,
-            dsn_with(db, user=reader, password=""),
-            dsn_with(db, user=writer, password=""),
-            {"GATE_TEST_READER_PW": reader_pw, "GATE_TEST_WRITER_PW": writer_pw},
+    """The sample database with a `ledger` table the held writes insert into."""
+    with sample_shop(pg_dsn, "test_restart") as shop:
+        admin_execute(
+            shop.dsn,
+            "CREATE TABLE ledger (id serial PRIMARY KEY, note text NOT NULL)",
+            f'GRANT SELECT ON ledger TO "{shop.reader_role}"',
+            f'GRANT SELECT, INSERT ON ledger TO "{shop.writer_role}"',
+            f'GRANT USAGE ON SEQUENCE ledger_id_seq TO "{shop.writer_role}"',
         )
-    finally:
-        admin_execute(pg_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin_execute(pg_dsn, f'DROP ROLE IF EXISTS "{reader}"', f'DROP ROLE IF EXISTS "{writer}"')
+        yield shop
 
 
-def serve(shop: Shop, folder: Path):
+def serve(shop: Shop, folder: Path, expires: str) -> contextlib.AbstractContextManager[Gateway]:
     """`mcp-gate serve` over `folder`: every start uses the same store (the SQLite file under
-    `folder`) and the same policy file, so the same policy version."""
-    return running_gateway(
-        folder, dsn=shop.reader, write_dsn=shop.writer, env=shop.env, policies=folder / "p.toml"
-    )
+    `folder`) and, for the same `expires`, the same policy text, so the same policy version."""
+    return shop_gateway(shop, folder, sample_policy(wait='"1s"', expires=f'"{expires}"'))
 
 
 def stopped_cleanly(gateway: Gateway) -> bool:
@@ -80,7 +53,7 @@ def stopped_cleanly(gateway: Gateway) -> bool:
 
 
 def ledger(shop: Shop, note: str) -> int:
-    return db_value(shop.db, f"SELECT count(*) FROM ledger WHERE note = '{note}'")
+    return db_value(shop.dsn, f"SELECT count(*) FROM ledger WHERE note = '{note}'")
 
 
 def stored_status(folder: Path, approval_id: str, wanted: str, timeout: float = 10) -> str:
@@ -97,11 +70,6 @@ def stored_status(folder: Path, approval_id: str, wanted: str, timeout: float = 
         time.sleep(0.05)
 
 
-def write_policy(folder: Path, expires: str) -> None:
-    text = SAMPLE_POLICY.read_text().replace('wait = "2m"', 'wait = "1s"')
-    (folder / "p.toml").write_text(text.replace('expires = "1h"', f'expires = "{expires}"'))
-
-
 async def held_call(gateway: Gateway, sql: str, token: str | None = None) -> str:
     """The agent's write; no elicitation, so after `wait` it comes back still pending."""
     async with gateway.client(token or gateway.token("agent", "developers"), "legacy") as client:
@@ -112,15 +80,14 @@ async def held_call(gateway: Gateway, sql: str, token: str | None = None) -> str
 
 @pytest.mark.anyio
 async def test_pending_survives_restart_and_runs_once(shop: Shop, tmp_path: Path) -> None:
-    write_policy(tmp_path, "1h")
     sql = "INSERT INTO ledger (note) VALUES ('restart-once')"
-    with serve(shop, tmp_path) as first:
+    with serve(shop, tmp_path, "1h") as first:
         approval_id = await held_call(first, sql)
     assert stopped_cleanly(first)
     assert stored_status(tmp_path, approval_id, "pending", timeout=0) == "pending"
     assert ledger(shop, "restart-once") == 0
 
-    with serve(shop, tmp_path) as second:
+    with serve(shop, tmp_path, "1h") as second:
         dba = second.token("dana", "dba")  # a new process: new tokens, same people
         pending = admin(second, dba, "GET", "/approvals?status=pending").json()["approvals"]
         assert [a["id"] for a in pending] == [approval_id]
@@ -144,9 +111,8 @@ async def test_pending_survives_restart_and_runs_once(shop: Shop, tmp_path: Path
 
 @pytest.mark.anyio
 async def test_expiry_while_down_is_expired_at_start(shop: Shop, tmp_path: Path) -> None:
-    write_policy(tmp_path, "8s")
     sql = "INSERT INTO ledger (note) VALUES ('expired-while-down')"
-    with serve(shop, tmp_path) as first:
+    with serve(shop, tmp_path, "8s") as first:
         agent, dba = first.token("agent", "developers"), first.token("dana", "dba")
         approval_id = await held_call(first, sql, agent)
         listed = admin(first, dba, "GET", f"/approvals/{approval_id}")
@@ -155,7 +121,7 @@ async def test_expiry_while_down_is_expired_at_start(shop: Shop, tmp_path: Path)
     assert time.time() < expires_at, "the gateway stopped after the request expired"
     time.sleep(max(0.0, expires_at - time.time()) + 0.2)  # it comes due while nothing runs
 
-    with serve(shop, tmp_path) as second:
+    with serve(shop, tmp_path, "8s") as second:
         # Expired by the gateway itself, before anybody asks for it (reads expire too).
         assert stored_status(tmp_path, approval_id, "expired") == "expired"
         dba = second.token("dana", "dba")

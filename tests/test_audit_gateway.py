@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import secrets
 import signal
 import sqlite3
 import subprocess
@@ -32,14 +30,13 @@ from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.message import SessionMessage
 
-from gateway_helpers import MCP_GATE, Gateway, running_gateway, text_of
+from gateway_helpers import MCP_GATE, Gateway, text_of
 from mcp_gate.audit import EventKind, SqliteAuditStore, StoredEvent
 from mcp_gate.audit.chain import public_keys, verify
-from mcp_gate.demo.sample import load_sample
-from pgserver import admin_execute, dsn_with, run_sync, unique_name
+from pgserver import run_sync
+from shop_helpers import Shop, sample_policy, sample_shop, shop_gateway
 
 pytestmark = [pytest.mark.slow, pytest.mark.anyio]
-SAMPLE_POLICY = Path(__file__).resolve().parents[1] / "policies.toml"
 AWS_KEY = "AKIAIOSFODNN7EXAMPLE"
 DSN_SECRET = "hunter2-s3cret"
 
@@ -49,62 +46,40 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
+@pytest.fixture(scope="module")
+def shop(pg_dsn: str) -> Iterator[Shop]:
+    with sample_shop(pg_dsn, "test_audit_gw") as shop:
+        yield shop
+
+
 @dataclass(frozen=True)
-class Shop:
-    dsn: str
-    reader: str
-    writer: str
-    secrets: tuple[str, ...]
+class Pii:
+    """Sensitive values in the shop that a recording must hold only masked."""
+
     emails: tuple[str, ...]
     ssns: tuple[str, ...]
 
 
 @pytest.fixture(scope="module")
-def shop(pg_dsn: str) -> Iterator[Shop]:
-    """The demo's sample database with its own reader and writer roles."""
-    name = unique_name("test_audit_gw")
-    reader, writer = unique_name("reader"), unique_name("writer")
-    reader_pw, writer_pw = secrets.token_urlsafe(12), secrets.token_urlsafe(12)
-    run_sync(lambda: load_sample(pg_dsn, name, reader_pw, writer_pw, reader=reader, writer=writer))
-    db_dsn = dsn_with(pg_dsn, database=name)
-
-    async def pii() -> tuple[tuple[str, ...], tuple[str, ...]]:
-        conn = await asyncpg.connect(db_dsn)
+def pii(shop: Shop) -> Pii:
+    async def read() -> Pii:
+        conn = await asyncpg.connect(shop.dsn)
         try:
             rows = await conn.fetch("SELECT email, ssn FROM customers ORDER BY id LIMIT 5")
         finally:
             await conn.close()
-        return tuple(r["email"] for r in rows), tuple(r["ssn"] for r in rows if r["ssn"])
+        return Pii(tuple(r["email"] for r in rows), tuple(r["ssn"] for r in rows if r["ssn"]))
 
-    emails, ssns = run_sync(pii)
-    os.environ["GATE_TEST_READER_PW"] = reader_pw
-    os.environ["GATE_TEST_WRITER_PW"] = writer_pw
-    try:
-        yield Shop(
-            dsn=db_dsn,
-            reader=dsn_with(db_dsn, user=reader, password=""),
-            writer=dsn_with(db_dsn, user=writer, password=""),
-            secrets=(reader_pw, writer_pw),
-            emails=emails,
-            ssns=ssns,
-        )
-    finally:
-        admin_execute(pg_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin_execute(pg_dsn, f'DROP ROLE IF EXISTS "{reader}"', f'DROP ROLE IF EXISTS "{writer}"')
+    return run_sync(read)
 
 
-def _policies(folder: Path) -> Path:
-    path = folder / "policies.toml"
-    path.write_text(SAMPLE_POLICY.read_text().replace('wait = "2m"', 'wait = "1s"'))
-    return path
+# Held calls come back after 1 s, not the sample's 2 minutes.
+POLICY = sample_policy(wait='"1s"')
 
 
 @pytest.fixture(scope="module")
 def gateway(shop: Shop, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    folder = tmp_path_factory.mktemp("audit-gateway")
-    with running_gateway(
-        folder, dsn=shop.reader, write_dsn=shop.writer, env={}, policies=_policies(folder)
-    ) as gw:
+    with shop_gateway(shop, tmp_path_factory.mktemp("audit-gateway"), POLICY) as gw:
         yield gw
 
 
@@ -249,7 +224,7 @@ def assert_same_messages(recorded: list[dict[str, Any]], seen: list[dict[str, An
 # -- sessions: every message in and out ---------------------------------------------------
 
 
-async def test_legacy_http_session_is_recorded_whole(gateway: Gateway, shop: Shop):
+async def test_legacy_http_session_is_recorded_whole(gateway: Gateway, pii: Pii):
     token = gateway.token("legacy-agent", "developers")
     transport, http = http_transport(gateway, token)
     async with http, Client(transport, mode="legacy", cache=None) as client:
@@ -295,7 +270,7 @@ async def test_legacy_http_session_is_recorded_whole(gateway: Gateway, shop: Sho
     # What the agent saw is what was recorded: masked.
     recorded = json.dumps([e.event.data for e in events])
     assert "[MASKED]" in recorded or "***" in recorded
-    for value in shop.emails + shop.ssns:
+    for value in pii.emails + pii.ssns:
         assert value not in recorded
 
 
@@ -410,9 +385,7 @@ def _verify(path: Path, data_dir: Path) -> Any:
 
 async def test_sigkill_mid_load_loses_no_decision_a_client_saw(shop: Shop, tmp_path: Path) -> None:
     received: list[int] = []
-    with running_gateway(
-        tmp_path, dsn=shop.reader, write_dsn=None, env={}, policies=_policies(tmp_path)
-    ) as gw:
+    with shop_gateway(shop, tmp_path, POLICY, write_dsn=None) as gw:
         token = gw.token("loader", "developers")
         assert gw.process is not None
 
@@ -540,7 +513,9 @@ def cli(gateway: Gateway, *args: str) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
-async def test_replay_verify_export_then_a_hand_edit_is_caught(gateway: Gateway, shop: Shop):
+async def test_replay_verify_export_then_a_hand_edit_is_caught(
+    gateway: Gateway, shop: Shop, pii: Pii
+):
     token = gateway.token("replayed-agent", "developers")
     async with gateway.client(token, mode="legacy") as client:
         await client.call_tool("sql_query", {"sql": "SELECT name, email FROM customers LIMIT 2"})
@@ -567,7 +542,7 @@ async def test_replay_verify_export_then_a_hand_edit_is_caught(gateway: Gateway,
     exported = cli(gateway, "audit", "export", "--format", "jsonl")
     assert exported.returncode == 0, exported.stderr
     assert session.id in exported.stdout
-    for secret in (AWS_KEY, token, *shop.secrets, *shop.emails):
+    for secret in (AWS_KEY, token, *shop.secrets, *pii.emails):
         assert secret not in exported.stdout
 
     ok = cli(gateway, "audit", "verify")
@@ -599,13 +574,8 @@ async def test_a_fail_closed_refusal_is_a_decision_on_record(gateway: Gateway):
 
 
 async def test_recording_off_records_nothing_and_still_decides(shop: Shop, tmp_path: Path):
-    with running_gateway(
-        tmp_path,
-        dsn=shop.reader,
-        write_dsn=None,
-        env={},
-        policies=_policies(tmp_path),
-        extra="[audit]\nenabled = false\n",
+    with shop_gateway(
+        shop, tmp_path, POLICY, write_dsn=None, extra="[audit]\nenabled = false\n"
     ) as gw:
         token = gw.token("unrecorded", "developers")
         async with gw.client(token, mode="legacy") as client:

@@ -3,7 +3,6 @@ policy's approvers. Real `mcp-gate serve`, a real SDK client, real PostgreSQL, r
 
 from __future__ import annotations
 
-import secrets
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,10 +10,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway_helpers import Gateway, running_gateway
+from gateway_helpers import Gateway
 from mcp_gate.config import AuditSettings
-from mcp_gate.demo.sample import load_sample
-from pgserver import admin_execute, dsn_with, run_sync, unique_name
+from shop_helpers import Shop, sample_shop, shop_gateway
 
 pytestmark = [pytest.mark.slow, pytest.mark.anyio]
 
@@ -25,18 +23,9 @@ def anyio_backend() -> str:
 
 
 @pytest.fixture(scope="module")
-def shop(pg_dsn: str) -> Iterator[tuple[str, dict[str, str]]]:
-    name = unique_name("test_viewers")
-    reader, writer = unique_name("reader"), unique_name("writer")
-    reader_pw, writer_pw = secrets.token_urlsafe(12), secrets.token_urlsafe(12)
-    run_sync(lambda: load_sample(pg_dsn, name, reader_pw, writer_pw, reader=reader, writer=writer))
-    db = dsn_with(pg_dsn, database=name)
-    env = {"GATE_TEST_READER_PW": reader_pw, "GATE_TEST_WRITER_PW": writer_pw}
-    try:
-        yield dsn_with(db, user=reader, password=""), env
-    finally:
-        admin_execute(pg_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin_execute(pg_dsn, f'DROP ROLE IF EXISTS "{reader}"', f'DROP ROLE IF EXISTS "{writer}"')
+def shop(pg_dsn: str) -> Iterator[Shop]:
+    with sample_shop(pg_dsn, "test_viewers") as shop:
+        yield shop
 
 
 def sessions(gateway: Gateway, token: str, path: str = "") -> httpx.Response:
@@ -70,11 +59,10 @@ def test_viewers_default_to_nobody_extra() -> None:
 
 
 async def test_audit_viewers_see_every_session_and_approvers_no_longer(
-    shop: tuple[str, dict[str, str]], tmp_path: Path
+    shop: Shop, tmp_path: Path
 ) -> None:
-    dsn, env = shop
     extra = '[audit]\nviewers = ["auditors", "security"]\n'
-    with running_gateway(tmp_path, dsn=dsn, write_dsn=None, env=env, extra=extra) as gw:
+    with shop_gateway(shop, tmp_path, write_dsn=None, extra=extra) as gw:
         session = await agent_session(gw)
         auditor = gw.token("audrey", "auditors")
         assert "viewed-agent" in subjects(sessions(gw, auditor))
@@ -87,10 +75,9 @@ async def test_audit_viewers_see_every_session_and_approvers_no_longer(
 
 
 async def test_without_audit_viewers_the_approvers_see_every_session(
-    shop: tuple[str, dict[str, str]], tmp_path: Path
+    shop: Shop, tmp_path: Path
 ) -> None:
-    dsn, env = shop
-    with running_gateway(tmp_path, dsn=dsn, write_dsn=None, env=env) as gw:
+    with shop_gateway(shop, tmp_path, write_dsn=None) as gw:
         session = await agent_session(gw)
         dba = gw.token("bob", "dba")
         assert "viewed-agent" in subjects(sessions(gw, dba))

@@ -8,7 +8,6 @@ size, real SDK clients and real tokens.
 from __future__ import annotations
 
 import json
-import secrets
 import subprocess
 from collections.abc import Iterator
 
@@ -16,13 +15,13 @@ import anyio
 import pytest
 
 from approval_helpers import admin, db_value, decide_when_pending, wait_pending
-from gateway_helpers import MCP_GATE, Gateway, running_gateway, text_of
+from gateway_helpers import MCP_GATE, Gateway, text_of
 from mcp_gate.calls import Principal, ToolCall
-from mcp_gate.demo.sample import load_sample
 from mcp_gate.inspect.model import Inspection
 from mcp_gate.inspect.sql import inspect_sql
 from mcp_gate.policy.loader import parse_policy
-from pgserver import admin_execute, dsn_with, run_sync, unique_name
+from pgserver import admin_execute
+from shop_helpers import sample_shop, shop_gateway
 
 BIG = 50_000  # rows in `events`
 POLICY = """
@@ -150,37 +149,18 @@ def anyio_backend() -> str:
 
 @pytest.fixture(scope="module")
 def gateway(pg_dsn: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    name = unique_name("test_estimates")
-    reader, writer = unique_name("reader"), unique_name("writer")
-    reader_pw, writer_pw = secrets.token_urlsafe(12), secrets.token_urlsafe(12)
-    run_sync(lambda: load_sample(pg_dsn, name, reader_pw, writer_pw, reader=reader, writer=writer))
-    db = dsn_with(pg_dsn, database=name)
-    admin_execute(
-        db,
-        f"CREATE TABLE events AS SELECT g AS id, md5(g::text) AS body "
-        f"FROM generate_series(1, {BIG}) g",
-        "ALTER TABLE events ADD PRIMARY KEY (id)",
-        "ANALYZE events",
-        f'GRANT SELECT ON events TO "{reader}"',
-        f'GRANT SELECT, DELETE ON events TO "{writer}"',
-    )
-    folder = tmp_path_factory.mktemp("estimates")
-    policies = folder / "policies.toml"
-    policies.write_text(POLICY)
-    env = {"GATE_TEST_READER_PW": reader_pw, "GATE_TEST_WRITER_PW": writer_pw}
-    try:
-        with running_gateway(
-            folder,
-            dsn=dsn_with(db, user=reader, password=""),
-            write_dsn=dsn_with(db, user=writer, password=""),
-            env=env,
-            policies=policies,
-        ) as gw:
-            gw.db = db  # type: ignore[attr-defined]
+    with sample_shop(pg_dsn, "test_estimates") as shop:
+        admin_execute(
+            shop.dsn,
+            f"CREATE TABLE events AS SELECT g AS id, md5(g::text) AS body "
+            f"FROM generate_series(1, {BIG}) g",
+            "ALTER TABLE events ADD PRIMARY KEY (id)",
+            "ANALYZE events",
+            f'GRANT SELECT ON events TO "{shop.reader_role}"',
+            f'GRANT SELECT, DELETE ON events TO "{shop.writer_role}"',
+        )
+        with shop_gateway(shop, tmp_path_factory.mktemp("estimates"), POLICY) as gw:
             yield gw
-    finally:
-        admin_execute(pg_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin_execute(pg_dsn, f'DROP ROLE IF EXISTS "{reader}"', f'DROP ROLE IF EXISTS "{writer}"')
 
 
 def verdict(result) -> dict:
@@ -273,7 +253,7 @@ async def test_explain_failure_on_masked_columns_withholds_values(gateway: Gatew
 async def test_held_delete_carries_its_estimate_and_explain_writes_nothing(
     gateway: Gateway,
 ) -> None:
-    db = gateway.db  # type: ignore[attr-defined]
+    db = gateway.db
     agent, dba = gateway.token("agent", "developers"), gateway.token("dana", "dba")
     async with gateway.client(agent, "legacy") as client, anyio.create_task_group() as tg:
         seen: dict = {}

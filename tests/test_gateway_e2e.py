@@ -10,7 +10,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
@@ -18,15 +17,14 @@ import httpx
 import pytest
 from mcp import Client, StdioServerParameters
 
-from gateway_helpers import MCP_GATE, Gateway, running_gateway, text_of, write_config
+from gateway_helpers import MCP_GATE, Gateway, text_of, write_config
 from jwt_helpers import b64url, raw_token
 from mcp_gate.auth import DevIssuer
 from mcp_gate.demo.embedded import free_port
-from mcp_gate.demo.sample import load_sample
-from pgserver import admin_execute, dsn_with, run_sync, unique_name
+from pgserver import admin_execute, run_sync
+from shop_helpers import Shop, sample_policy, sample_shop, shop_gateway
 
 pytestmark = pytest.mark.slow
-SAMPLE_POLICY = Path(__file__).resolve().parents[1] / "policies.toml"
 ERAS = ["legacy", "auto"]
 
 
@@ -35,62 +33,33 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-@dataclass(frozen=True)
-class Shop:
-    """The sample database: a superuser DSN, the gateway's role DSNs (no password in them)
-    and the role passwords, which must never appear in anything the gateway says."""
-
-    dsn: str
-    reader: str
-    writer: str
-    secrets: tuple[str, ...]
-
-
 @pytest.fixture(scope="module")
 def shop(pg_dsn: str) -> Iterator[Shop]:
-    """The demo's sample database plus a 1M-row table, with its own reader and writer roles."""
-    name = unique_name("test_gateway")
-    reader, writer = unique_name("reader"), unique_name("writer")
-    reader_pw, writer_pw = secrets.token_urlsafe(12), secrets.token_urlsafe(12)
-    run_sync(lambda: load_sample(pg_dsn, name, reader_pw, writer_pw, reader=reader, writer=writer))
-    db_dsn = dsn_with(pg_dsn, database=name)
-    admin_execute(
-        db_dsn,
-        "CREATE TABLE big AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 1000000) g",
-        f'GRANT SELECT ON big TO "{reader}"',
-        "CREATE TABLE canary (n int)",
-        "INSERT INTO canary VALUES (1)",
-        f'GRANT SELECT ON canary TO "{reader}"',
-        f'GRANT SELECT, INSERT, UPDATE, DELETE ON canary TO "{writer}"',
-    )
-    os.environ["GATE_TEST_READER_PW"] = reader_pw
-    os.environ["GATE_TEST_WRITER_PW"] = writer_pw
-    try:
-        yield Shop(
-            dsn=db_dsn,
-            reader=dsn_with(db_dsn, user=reader, password=""),
-            writer=dsn_with(db_dsn, user=writer, password=""),
-            secrets=(reader_pw, writer_pw),
+    """The demo's sample database plus a 1M-row table and a canary the refusals must not touch."""
+    with sample_shop(pg_dsn, "test_gateway") as shop:
+        admin_execute(
+            shop.dsn,
+            "CREATE TABLE big AS SELECT g AS id, md5(g::text) AS v "
+            "FROM generate_series(1, 1000000) g",
+            f'GRANT SELECT ON big TO "{shop.reader_role}"',
+            "CREATE TABLE canary (n int)",
+            "INSERT INTO canary VALUES (1)",
+            f'GRANT SELECT ON canary TO "{shop.reader_role}"',
+            f'GRANT SELECT, INSERT, UPDATE, DELETE ON canary TO "{shop.writer_role}"',
         )
-    finally:
-        admin_execute(pg_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin_execute(pg_dsn, f'DROP ROLE IF EXISTS "{reader}"', f'DROP ROLE IF EXISTS "{writer}"')
+        yield shop
 
 
 @pytest.fixture(scope="module")
 def gateway(shop: Shop, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    folder = tmp_path_factory.mktemp("gateway")
     # The sample policy, waiting 1 s for approvers instead of 2 minutes, and with "bulk
     # export" above the million-row table that the truncation test reads (it holds that read
     # for review otherwise: tests/test_estimated_rows.py covers the rule).
-    policies = folder / "policies.toml"
-    sample = SAMPLE_POLICY.read_text().replace('wait = "2m"', 'wait = "1s"')
-    policies.write_text(
-        sample.replace("estimated_rows = { gt = 10000 }", "estimated_rows = { gt = 10000000 }")
-    )
-    with running_gateway(
-        folder, dsn=shop.reader, write_dsn=shop.writer, env={}, policies=policies
-    ) as gw:
+    bulk = "estimated_rows = { gt = 10000 }"
+    policy = sample_policy(wait='"1s"')
+    assert bulk in policy
+    policy = policy.replace(bulk, "estimated_rows = { gt = 10000000 }")
+    with shop_gateway(shop, tmp_path_factory.mktemp("gateway"), policy) as gw:
         yield gw
 
 

@@ -18,16 +18,14 @@ import anyio
 import httpx
 import pytest
 
-from gateway_helpers import MCP_GATE, Gateway, running_gateway, text_of, write_config
+from approval_helpers import db_value
+from gateway_helpers import MCP_GATE, Gateway, text_of, write_config
 from mcp_gate.auth.dev_issuer import dev_issuer_for
 from mcp_gate.config import load_config
 from mcp_gate.demo.embedded import free_port
-from mcp_gate.demo.sample import load_sample
-from pgserver import admin_execute, dsn_with, quote_ident, run_sync, unique_name
+from shop_helpers import pg_store, sample_policy, sample_shop, shop_replicas
 
 pytestmark = pytest.mark.slow
-SAMPLE_POLICY = Path(__file__).resolve().parents[1] / "policies.toml"
-STORE_PW = "store-pw-" + secrets.token_hex(6)
 
 
 @pytest.fixture(scope="module")
@@ -45,67 +43,23 @@ class Replicas:
 
 @pytest.fixture(scope="module")
 def replicas(pg_dsn: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replicas]:
-    name = unique_name("test_replicas")
-    reader, writer = unique_name("reader"), unique_name("writer")
-    store_db, store_role = unique_name("store"), unique_name("store_owner")
-    reader_pw, writer_pw = secrets.token_urlsafe(12), secrets.token_urlsafe(12)
-    run_sync(lambda: load_sample(pg_dsn, name, reader_pw, writer_pw, reader=reader, writer=writer))
-    # The store in its own database, owned by a role that logs in with a password taken
-    # from the environment (store_password_env).
-    admin_execute(
-        pg_dsn,
-        f"CREATE ROLE {quote_ident(store_role)} LOGIN PASSWORD '{STORE_PW}'",
-        f"CREATE DATABASE {quote_ident(store_db)} OWNER {quote_ident(store_role)}",
-    )
-    db = dsn_with(pg_dsn, database=name)
-    store = dsn_with(pg_dsn, database=store_db, user=store_role, password="")
     root = tmp_path_factory.mktemp("replicas")
-    policies = root / "policies.toml"
-    policies.write_text(SAMPLE_POLICY.read_text().replace('wait = "2m"', 'wait = "20s"'))
-    port_a = free_port()
-    # One gateway behind a load balancer: the same public URL (token audience and issuer),
-    # the same state keys (dev issuer, sealed request states), the same store.
-    server = (
-        f'public_url = "http://127.0.0.1:{port_a}/mcp"\n'
-        f'store = "{store}"\nstore_password_env = "GATE_TEST_STORE_PW"'
-    )
-    shared = (root / "state").as_posix()
-    env = {
-        "GATE_TEST_READER_PW": reader_pw,
-        "GATE_TEST_WRITER_PW": writer_pw,
-        "GATE_TEST_STORE_PW": STORE_PW,
-    }
-    options: dict[str, Any] = {
-        "dsn": dsn_with(db, user=reader, password=""),
-        "write_dsn": dsn_with(db, user=writer, password=""),
-        "env": env,
-        "policies": policies,
-        "server_extra": server,
-        "data_dir": shared,
-    }
-    (root / "a").mkdir()
-    (root / "b").mkdir()
-    try:
-        with (
-            running_gateway(root / "a", port=port_a, **options) as a,
-            running_gateway(root / "b", **options) as b,
-        ):
-            # The agent's token through `mcp-gate token` on B's config, used on A; the
-            # approvers' minted in-process with the same dev issuer (a subprocess each is slow).
-            issuer = dev_issuer_for(load_config(a.config))
-            assert issuer is not None
-            tokens = {
-                "agent": b.token("agent", "developers"),
-                **{who: issuer.mint(who, ["dba"]) for who in ("alice", "carol", "sse-watcher")},
-            }
-            yield Replicas(a, b, db, tokens)
-            for gateway in (a, b):
-                assert STORE_PW not in gateway.stderr()
-    finally:
-        admin_execute(pg_dsn, f"DROP DATABASE IF EXISTS {quote_ident(name)} WITH (FORCE)")
-        admin_execute(pg_dsn, f"DROP DATABASE IF EXISTS {quote_ident(store_db)} WITH (FORCE)")
-        for role in (reader, writer, store_role):
-            admin_execute(pg_dsn, f"DROP ROLE IF EXISTS {quote_ident(role)}")
+    with (
+        sample_shop(pg_dsn, "test_replicas") as shop,
+        pg_store(pg_dsn) as store,
+        shop_replicas(shop, root, sample_policy(wait='"20s"'), store) as (a, b),
+    ):
+        # The agent's token through `mcp-gate token` on B's config, used on A; the
+        # approvers' minted in-process with the same dev issuer (a subprocess each is slow).
+        issuer = dev_issuer_for(load_config(a.config))
+        assert issuer is not None
+        tokens = {
+            "agent": b.token("agent", "developers"),
+            **{who: issuer.mint(who, ["dba"]) for who in ("alice", "carol", "sse-watcher")},
+        }
+        yield Replicas(a, b, shop.dsn, tokens)
+        for gateway in (a, b):
+            assert store.password not in gateway.stderr()
 
 
 def base(gateway: Gateway) -> str:
@@ -167,16 +121,7 @@ async def sse_on_a(replicas: Replicas) -> AsyncIterator[Sse]:
 
 
 def count_rows(db: str, where: str) -> int:
-    import asyncpg
-
-    async def read() -> int:
-        conn = await asyncpg.connect(db)
-        try:
-            return await conn.fetchval(f"SELECT count(*) FROM orders WHERE {where}")
-        finally:
-            await conn.close()
-
-    return run_sync(read)
+    return db_value(db, f"SELECT count(*) FROM orders WHERE {where}")
 
 
 @pytest.mark.anyio
@@ -276,49 +221,45 @@ async def test_approve_on_a_and_deny_on_b_at_once_one_decision(replicas: Replica
         await race_once(replicas, n)
 
 
-def test_an_unreachable_store_stops_serve_with_a_clear_message(tmp_path: Path) -> None:
-    secret = "never-shown-" + secrets.token_hex(4)
-    closed = free_port()
+def serve_on_store(folder: Path, store: str, env: dict[str, str]) -> tuple[int, str]:
+    """`mcp-gate serve` with `store` (its `[server]` lines) and no connections, which are
+    opened before the store, so the store is what fails: its exit code and output."""
     config = write_config(
-        tmp_path,
+        folder,
         port=free_port(),
         dsn="postgresql://reader@127.0.0.1:1/none",
         write_dsn=None,
-        server_extra=(
-            f'store = "postgresql://gate@127.0.0.1:{closed}/gate"\n'
-            'store_password_env = "GATE_TEST_STORE_PW"'
-        ),
+        server_extra=store,
     )
-    # Connections are opened before the store: leave them out, so the store is what fails.
     config.write_text(config.read_text().split("[connections.demo]")[0])
-    env = {"GATE_TEST_STORE_PW": secret, "PATH": "/usr/bin:/bin", "COLUMNS": "400"}
     run = subprocess.run(
         [*MCP_GATE, "serve", "--config", str(config)],
-        env=env, capture_output=True, text=True, timeout=60,
+        env={"PATH": "/usr/bin:/bin", "COLUMNS": "400", **env},
+        capture_output=True, text=True, timeout=60,
     )  # fmt: skip
-    output = run.stdout + run.stderr
-    assert run.returncode == 1, output
+    return run.returncode, run.stdout + run.stderr
+
+
+def test_an_unreachable_store_stops_serve_with_a_clear_message(tmp_path: Path) -> None:
+    secret = "never-shown-" + secrets.token_hex(4)
+    closed = free_port()
+    code, output = serve_on_store(
+        tmp_path,
+        f'store = "postgresql://gate@127.0.0.1:{closed}/gate"\n'
+        'store_password_env = "GATE_TEST_STORE_PW"',
+        {"GATE_TEST_STORE_PW": secret},
+    )
+    assert code == 1, output
     assert "mcp-gate cannot start" in output and "server.store" in output
     assert f"gate@127.0.0.1:{closed}/gate" in output and "unavailable" in output
     assert secret not in output and "Traceback" not in output
 
 
 def test_a_missing_store_password_variable_is_named(tmp_path: Path) -> None:
-    config = write_config(
+    code, output = serve_on_store(
         tmp_path,
-        port=free_port(),
-        dsn="postgresql://reader@127.0.0.1:1/none",
-        write_dsn=None,
-        server_extra=(
-            'store = "postgresql://gate@127.0.0.1:1/gate"\nstore_password_env = "GATE_NO_SUCH_PW"'
-        ),
+        'store = "postgresql://gate@127.0.0.1:1/gate"\nstore_password_env = "GATE_NO_SUCH_PW"',
+        {},
     )
-    config.write_text(config.read_text().split("[connections.demo]")[0])
-    run = subprocess.run(
-        [*MCP_GATE, "serve", "--config", str(config)],
-        env={"PATH": "/usr/bin:/bin", "COLUMNS": "400"}, capture_output=True, text=True,
-        timeout=60,
-    )  # fmt: skip
-    output = run.stdout + run.stderr
-    assert run.returncode == 1, output
+    assert code == 1, output
     assert "GATE_NO_SUCH_PW is not set" in output and "Traceback" not in output
