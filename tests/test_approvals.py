@@ -38,12 +38,6 @@ from mcp_gate.approvals.store import ApprovalStore, DecideOutcome
 from mcp_gate.calls import Principal
 from pgserver import TestDatabase, admin_execute, quote_ident, quote_literal, unique_name
 
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 ALICE = Principal("alice", frozenset({"developers"}))  # a requester
 ERIN = Principal("erin", frozenset({"dba"}))  # a requester who is also an approver
 BOB = Principal("bob", frozenset({"dba"}))

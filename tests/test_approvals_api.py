@@ -35,12 +35,6 @@ from mcp_gate.approvals.api import admin_routes, bearer_authenticator
 from mcp_gate.auth import DevIssuer
 from mcp_gate.calls import Principal
 
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 ISSUER = "http://127.0.0.1:1/issuer"
 AUDIENCE = "mcp-gate-admin"
 DELETE = "DELETE FROM orders WHERE id = 1"

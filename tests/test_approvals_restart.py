@@ -23,11 +23,6 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture(scope="module")
 def shop(pg_dsn: str) -> Iterator[Shop]:
     """The sample database with a `ledger` table the held writes insert into."""
     with sample_shop(pg_dsn, "test_restart") as shop:

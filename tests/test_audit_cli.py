@@ -37,12 +37,6 @@ from mcp_gate.auth import DevIssuer
 from pgserver import TestDatabase, admin_execute, dsn_with, free_port, quote_ident, unique_name
 from test_approvals_api import Server  # uvicorn on a free port in the test's loop
 
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 NOW = time.time()
 OLD = NOW - 3 * 86400
 SQL = "UPDATE orders SET status = 'refunded' WHERE id = 42 RETURNING id, status"

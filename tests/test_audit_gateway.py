@@ -42,11 +42,6 @@ DSN_SECRET = "hunter2-s3cret"
 
 
 @pytest.fixture(scope="module")
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture(scope="module")
 def shop(pg_dsn: str) -> Iterator[Shop]:
     with sample_shop(pg_dsn, "test_audit_gw") as shop:
         yield shop

@@ -34,12 +34,6 @@ from mcp_gate.audit import (
 from mcp_gate.audit.pg_store import PostgresAuditStore
 from pgserver import TestDatabase, admin_execute, dsn_with, free_port, quote_ident, unique_name
 
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 T0 = 1_790_000_000.0
 
 

@@ -48,11 +48,6 @@ from mcp_gate.calls import Principal
 AUDIENCE = "http://127.0.0.1:8765/mcp"
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @pytest.fixture(scope="module")
 def idp_server() -> Iterator[IdPServer]:
     server = IdPServer()

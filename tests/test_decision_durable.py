@@ -39,11 +39,6 @@ UNAVAILABLE = "the audit store is unavailable, so nothing was run"
 
 
 @pytest.fixture(scope="module")
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture(scope="module")
 def shop(pg_dsn: str) -> Iterator[Shop]:
     with sample_shop(pg_dsn, "test_decision_durable") as made:
         yield made

@@ -32,11 +32,6 @@ pytestmark = pytest.mark.slow
 MASKED = "[MASKED]"
 
 
-@pytest.fixture(scope="module")
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @dataclass
 class Demo:
     gateway: Gateway

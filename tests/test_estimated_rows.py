@@ -143,11 +143,6 @@ decision = "deny"
 
 
 @pytest.fixture(scope="module")
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture(scope="module")
 def gateway(pg_dsn: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     with sample_shop(pg_dsn, "test_estimates") as shop:
         admin_execute(

@@ -53,11 +53,6 @@ CREATE FUNCTION slow_to_plan(seconds float8) RETURNS int LANGUAGE plpgsql IMMUTA
 """
 
 
-@pytest.fixture(scope="module")
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @dataclass(frozen=True)
 class Env:
     db: TestDatabase

@@ -29,11 +29,6 @@ ERAS = ["legacy", "auto"]
 
 
 @pytest.fixture(scope="module")
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture(scope="module")
 def shop(pg_dsn: str) -> Iterator[Shop]:
     """The demo's sample database plus a 1M-row table and a canary the refusals must not touch."""
     with sample_shop(pg_dsn, "test_gateway") as shop:

@@ -33,11 +33,6 @@ SAMPLE_EVERY = 0.2
 
 
 @pytest.fixture(scope="module")
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture(scope="module")
 def shop(pg_dsn: str) -> Iterator[Shop]:
     with sample_shop(pg_dsn, "test_held_conn") as made:
         yield made

@@ -39,11 +39,6 @@ DECISION = Decision(
 )
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 class Runs:
     """The executor stand-in: counts how often the held call actually ran."""
 

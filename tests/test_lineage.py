@@ -51,11 +51,6 @@ from pgserver import (
 )
 
 
-@pytest.fixture(scope="module")
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def _sensitive(column: str) -> bool:
     return column.rpartition(".")[2] in SENSITIVE_COLUMNS
 

@@ -34,11 +34,6 @@ UPDATE = "UPDATE orders SET status = 'shipped' WHERE id IN (2, 3) RETURNING id, 
 
 
 @pytest.fixture(scope="module")
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture(scope="module")
 def gateway(pg_dsn: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     with (
         sample_shop(pg_dsn, "test_replay") as shop,

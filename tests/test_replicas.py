@@ -28,11 +28,6 @@ from shop_helpers import pg_store, sample_policy, sample_shop, shop_replicas
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @dataclass
 class Replicas:
     a: Gateway

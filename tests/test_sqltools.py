@@ -58,11 +58,6 @@ BIG_ROWS = 1_000_000
 LIMITS = {"statement_timeout_ms": 5000, "lock_timeout_ms": 1000, "idle_timeout_ms": 5000}
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @dataclass
 class Env:
     db: TestDatabase

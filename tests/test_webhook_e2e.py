@@ -21,11 +21,6 @@ from shop_helpers import sample_policy, sample_shop, shop_gateway
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 class Receiver:
     """A webhook endpoint on loopback that keeps every POST body and its headers."""
 
