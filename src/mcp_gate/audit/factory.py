@@ -2,22 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Protocol
+from mcp_gate.store_target import StoreTarget
 
 from .store import AuditStore
 
 
-class Target(Protocol):
-    """What `gateway.runtime.store_target` returns (kept structural: no import cycle)."""
-
-    kind: str
-    path: Path | None
-    dsn: str | None
-    password: str | None
-
-
-def audit_store(target: Target) -> AuditStore:
+def audit_store(target: StoreTarget) -> AuditStore:
     """The audit store on `target`, not opened yet (`await store.open()`)."""
     if target.kind == "postgresql":
         from .pg_store import PostgresAuditStore  # asyncpg only when it is used
