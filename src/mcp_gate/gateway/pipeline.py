@@ -7,11 +7,12 @@ allowed it, and every result leaves with its verdict in `_meta`.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypeVar
 
 from mcp import types
 
@@ -26,6 +27,7 @@ from mcp_gate.policy.engine import Decision
 from mcp_gate.policy.loader import LoadedPolicy
 
 log = logging.getLogger("mcp_gate.pipeline")
+T = TypeVar("T")
 
 
 class Pipeline:
@@ -170,7 +172,27 @@ class Pipeline:
                 # DESIGN §2.7: nothing runs (or is held to run later) before its decision is
                 # committed, and no verdict, a refusal included, reaches the client before its
                 # record is durable (a crash must not lose a decided call). No record, no run.
-                refused = await self.recorder.decision(session_id, principal, call, decision)
+                # Work that executes nothing of the call overlaps the commit: opening its
+                # transaction, or preparing the statement its EXPLAIN already planned. The
+                # call itself runs only below, once the decision is on record.
+                opened = None
+                if decision.decision == "allow" and prepared is None:
+                    opened = upstream.prepare(call, principal, inspection, explain=False)
+                if opened is not None:
+                    work = prepared_scope.enter_async_context(opened)
+                    refused, prepared = await self._record_meanwhile(
+                        session_id, principal, call, decision, work
+                    )
+                elif (
+                    decision.decision == "allow"
+                    and prepared is not None
+                    and prepared.ready is not None
+                ):
+                    refused, _ = await self._record_meanwhile(
+                        session_id, principal, call, decision, prepared.ready()
+                    )
+                else:
+                    refused = await self.recorder.decision(session_id, principal, call, decision)
                 if refused is not None:
                     return error_result(refused, decision)
             if decision.decision == "review" and self._approvals is not None:
@@ -189,6 +211,34 @@ class Pipeline:
                 await self._run(upstream, call, principal, inspection, decision, prepared),
                 decision,
             )
+
+    async def _record_meanwhile(
+        self,
+        session_id: str | None,
+        principal: Principal,
+        call: ToolCall,
+        decision: Decision,
+        work: Awaitable[T],
+    ) -> tuple[str | None, T | None]:
+        """Commit an allowed call's decision while `work`, which executes nothing of the call,
+        runs; whatever `work` opens is rolled back by the caller's scope if the record is
+        refused. (The recorder's refusal text or None, `work`'s result or None if it
+        failed.)"""
+        assert self.recorder is not None
+        recording = asyncio.ensure_future(
+            self.recorder.decision(session_id, principal, call, decision)
+        )
+        done: T | None = None
+        try:
+            done = await work
+        except Exception:
+            # A bug in the upstream: the call then runs its plain way, after the commit.
+            log.exception("upstream %s failed preparing %s", call.upstream, call.tool)
+        except BaseException:
+            # Cancelled: nothing of the call runs; a record already queued still commits.
+            recording.cancel()
+            raise
+        return await recording, done
 
     async def _refuse(
         self,

@@ -27,10 +27,13 @@ class PreparedCall:
 
     `run` runs the call there, at most once, and only after the pipeline allowed it and its
     decision is on record; leaving the context without running it rolls everything back.
+    `ready`, if any, is work that executes nothing of the call (preparing the statement the
+    estimate already planned), which the pipeline overlaps with the decision's commit.
     """
 
     estimate: Estimate
     run: Callable[[], Awaitable[types.CallToolResult]]
+    ready: Callable[[], Awaitable[None]] | None = None
 
 
 class Upstream(Protocol):
@@ -68,12 +71,13 @@ class Upstream(Protocol):
         ...
 
     def prepare(
-        self, call: ToolCall, principal: Principal, inspection: Inspection
+        self, call: ToolCall, principal: Principal, inspection: Inspection, *, explain: bool = True
     ) -> AbstractAsyncContextManager[PreparedCall] | None:
         """The estimate and the call in one transaction, for a call whose policy needs the
         estimate; None when this upstream cannot (the pipeline then asks `estimate` and runs
         `call_tool`). Entering never runs the call and never raises for a database problem:
-        that is an unknown estimate."""
+        that is an unknown estimate. With `explain=False` entering only opens the transaction
+        (the estimate is unknown), so that it can open while the decision is committed."""
         ...
 
     async def call_tool(

@@ -62,6 +62,9 @@ class SqlInspection:
     risks: frozenset[Risk] = frozenset()
     error: str | None = None
     details: tuple[str, ...] = ()
+    #: The most rows the planner can estimate for a single plain read, known from its text
+    #: alone (`row_bound.limit_bound`: a top-level constant LIMIT), else None.
+    row_bound: int | None = None
 
     @property
     def relations(self) -> frozenset[str]:

@@ -90,6 +90,7 @@ from pglast.parser import ParseError, parse_sql_json
 
 from mcp_gate.inspect.model import Risk, SqlInspection, SqlKind
 from mcp_gate.inspect.pg_functions import PG_CATALOG_RELATIONS, FunctionInfo, classify_function
+from mcp_gate.inspect.row_bound import limit_bound
 
 __all__ = ["DEFAULT_MAX_BYTES", "KIND_RANK", "inspect_sql", "strictest"]
 
@@ -1015,6 +1016,7 @@ def _inspect(text: str, max_bytes: int) -> SqlInspection:
 
     walker = _Walker()
     kinds = []
+    stmt = None
     for raw in stmts:
         stmt = raw.get("stmt") if type(raw) is dict else None
         kinds.append(walker.statement(stmt) if type(stmt) is dict else _K.OTHER)
@@ -1028,6 +1030,7 @@ def _inspect(text: str, max_bytes: int) -> SqlInspection:
             kind = _K.OTHER
             summary = f"{len(kinds)} statements ({', '.join(kinds)}): a batch is not a plain read"
         walker.details = {summary: None, **walker.details}
+    bound = limit_bound(stmt) if kind is _K.SELECT and len(kinds) == 1 else None
     return SqlInspection(
         text=text,
         kind=kind,
@@ -1039,6 +1042,7 @@ def _inspect(text: str, max_bytes: int) -> SqlInspection:
         functions=frozenset(walker.functions),
         risks=frozenset(risks),
         details=tuple(walker.details),
+        row_bound=bound,
     )
 
 

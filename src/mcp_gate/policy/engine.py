@@ -19,6 +19,9 @@ Semantics, chosen so that doubt always falls on the strict side:
   estimate could change it (`estimate_wanted`: the gateway then asks the planner) and which
   restricting rules only the missing estimate kept from applying (`blocked_by_estimate`: the
   gateway denies those calls rather than let them through on a rule it could not evaluate).
+  A read whose text bounds its rows (`SqlInspection.row_bound`, a constant LIMIT) decides
+  without an estimate the conditions no count up to that bound can meet (`gt`/`gte` at or
+  above it): those are false, not unknown, and need no planner.
 
 Rules are compiled once (globs → one regex per key) so a decision costs microseconds.
 """
@@ -28,7 +31,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from operator import attrgetter
 from typing import Any
 
@@ -56,6 +59,8 @@ class Facts:
     columns: frozenset[str]
     columns_resolved: bool
     estimated_rows: int | None
+    #: The planner's estimate cannot exceed this (a read's static bound), when it is unknown.
+    rows_at_most: int | None
     aws_actions: frozenset[str]
     aws_access: frozenset[str]
     aws_resources: frozenset[str]
@@ -85,6 +90,7 @@ class Facts:
             columns=columns,
             columns_resolved=resolved,
             estimated_rows=inspection.estimated_rows,
+            rows_at_most=sql.row_bound if sql and inspection.estimated_rows is None else None,
             aws_actions=aws.actions if aws else frozenset(),
             aws_access=aws.access if aws else frozenset(),
             aws_resources=aws.resources if aws else frozenset(),
@@ -104,6 +110,8 @@ class Condition:
     field: str | None
     expr: str
     bound: object
+    #: `refutes(k)`: no row count from 0 to k satisfies this condition (rows conditions).
+    refutes: Callable[[int], bool] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,13 +271,18 @@ def _rows_condition(bound: RowBound) -> Condition:
             and (lte is None or n <= lte)
         )
 
+    def refutes(k: int) -> bool:
+        # Only the lower limits: any count from 0 to k fails them when k is below them.
+        return (gt is not None and k <= gt) or (gte is not None and k < gte)
+
     bounds = (("gt", gt), ("gte", gte), ("lt", lt), ("lte", lte))
     parts = [f"{op} {v}" for op, v in bounds if v is not None]
-    return _call(
+    condition = _call(
         "estimated_rows",
         test,
         lambda f: f"estimated_rows: {f.estimated_rows} is {' and '.join(parts)}",
     )
+    return replace(condition, refutes=refutes)
 
 
 def _arguments_condition(wanted: dict[str, str]) -> Condition:
@@ -310,6 +323,16 @@ def _columns_condition(patterns: list[str], every: bool) -> Condition:
         return any(by_name.match(c.rsplit(".", 1)[-1]) for c in f.columns)
 
     return _call("columns", test, resolved.describe)
+
+
+def _estimate_undecided(conds: tuple[Condition, ...], facts: Facts) -> bool:
+    """Whether a missing estimate leaves one of `conds` undecided: an `estimated_rows`
+    condition that the read's static bound (if any) does not refute."""
+    k = facts.rows_at_most
+    return any(
+        c.key == "estimated_rows" and (k is None or c.refutes is None or not c.refutes(k))
+        for c in conds
+    )
 
 
 def _table_regex(patterns: list[str]) -> re.Pattern[str]:
@@ -420,6 +443,7 @@ class Engine:
                 for i in self._estimating
                 if i not in matched
                 and all(c.test(facts) for c in self.rules[i].match if c.key != "estimated_rows")
+                and _estimate_undecided(self.rules[i].match, facts)
             ]
             if facts.estimated_rows is None and self._estimating and facts.sql_kinds
             else []
@@ -460,7 +484,12 @@ class Engine:
             or (
                 facts.estimated_rows is None
                 and bool(facts.sql_kinds)
-                and any(r.unless_needs_estimate for r in deciding)
+                and any(
+                    r.unless_needs_estimate
+                    and r.unless is not None
+                    and _estimate_undecided(r.unless, facts)
+                    for r in deciding
+                )
             )
         )
         return Decision(

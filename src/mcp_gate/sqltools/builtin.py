@@ -353,11 +353,12 @@ class BuiltinSql:
         return Estimate(None, self.masking.scrub(found.problem, principal))
 
     def prepare(
-        self, call: ToolCall, principal: Principal, inspection: Inspection
+        self, call: ToolCall, principal: Principal, inspection: Inspection, *, explain: bool = True
     ) -> AbstractAsyncContextManager[PreparedCall] | None:
-        """A traced single SELECT of `sql_query`: EXPLAIN and the read in one read-only
-        transaction (`execute.explained_read`). Anything else (writes, which are explained on
-        the write pool, `sql_explain`, untraced text) goes through `estimate`."""
+        """A traced single SELECT of `sql_query`: EXPLAIN (unless `explain` is False) and the
+        read in one read-only transaction (`execute.explained_read`). Anything else (writes,
+        which are explained on the write pool, `sql_explain`, untraced text) goes through
+        `estimate` and `call_tool`."""
         sql = inspection.sql
         conn = self.connections.get(call.connection or "")
         if (
@@ -369,11 +370,16 @@ class BuiltinSql:
             or inspection.lineage is None
         ):
             return None
-        return self._prepared_query(conn, call, principal, inspection)
+        return self._prepared_query(conn, call, principal, inspection, explain)
 
     @asynccontextmanager
     async def _prepared_query(
-        self, conn: Connection, call: ToolCall, principal: Principal, inspection: Inspection
+        self,
+        conn: Connection,
+        call: ToolCall,
+        principal: Principal,
+        inspection: Inspection,
+        explain: bool,
     ) -> AsyncIterator[PreparedCall]:
         sql = inspection.sql
         assert sql is not None  # checked by prepare()
@@ -385,11 +391,13 @@ class BuiltinSql:
             statement_timeout_ms=conn.statement_timeout_ms,
             lock_timeout_ms=conn.lock_timeout_ms,
             idle_timeout_ms=conn.statement_timeout_ms + 5000,
+            explain=explain,
         ) as read:
             if read.plan is not None:
                 found = Estimate(int(read.plan["estimated_rows"]))
+            elif read.error is None:
+                found = Estimate(None, "not explained")
             else:
-                assert read.error is not None
                 failure = estimate.failed(
                     read.error, withhold=self._reads_masked(inspection, principal)
                 )
@@ -400,7 +408,7 @@ class BuiltinSql:
                     conn, call.arguments, inspection, principal, explained=read
                 )
 
-            yield PreparedCall(found, run)
+            yield PreparedCall(found, run, read.describe if read.plan is not None else None)
 
     async def call_tool(
         self, call: ToolCall, principal: Principal, inspection: Inspection

@@ -267,13 +267,15 @@ async def fetch_in_transaction(
     max_rows: int,
     expected_columns: int | None = None,
     timeout: float | None = None,
+    statement: Any = None,
 ) -> tuple[list[Column], list[tuple[Any, ...]], bool]:
     """Prepare `sql` (one statement, extended protocol), check its column count, and fetch at
     most `max_rows + 1` rows through a protocol-level cursor. Returns (columns, at most
-    `max_rows` rows, truncated). Must run inside a transaction (`read_transaction`)."""
+    `max_rows` rows, truncated). Must run inside a transaction (`read_transaction`).
+    `statement`: `sql` already prepared on `conn` in this transaction."""
     if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 0:
         raise ValueError("max_rows must be a non-negative integer")
-    stmt = await conn.prepare(sql, timeout=timeout)
+    stmt = statement if statement is not None else await conn.prepare(sql, timeout=timeout)
     attributes = stmt.get_attributes()
     if expected_columns is not None and len(attributes) != expected_columns:
         raise FieldCountMismatch(expected_columns, len(attributes))
@@ -437,12 +439,14 @@ async def _explain_in_transaction(
 
 
 class ExplainedRead:
-    """One agent read, explained inside the read-only transaction it will run in.
+    """One agent read in the read-only transaction it will run in, explained there first
+    unless opened with `explain=False`.
 
-    `plan` is the EXPLAIN summary (as `explain` returns it), or None with `error` saying why
-    there is none. `fetch` runs the read itself in the same transaction, at most once; when
-    the EXPLAIN failed (the transaction is aborted then) or the transaction could not start,
-    it runs the plain `run_read` recipe instead, which reports its own error.
+    `plan` is the EXPLAIN summary (as `explain` returns it), or None: with `error` saying why
+    there is none, or because nothing was explained. `fetch` runs the read itself in the same
+    transaction, at most once; when the EXPLAIN failed (the transaction is aborted then) or
+    the transaction could not start, it runs the plain `run_read` recipe instead, which
+    reports its own error. `describe` may prepare an explained read ahead of `fetch`.
     """
 
     def __init__(
@@ -454,12 +458,29 @@ class ExplainedRead:
         self._limits = limits
         self._conn: Any = None
         self._used = False
+        self._statement: Any = None
+        self._describe_error: SqlToolError | None = None
         self.plan: dict[str, Any] | None = None
         self.error: SqlToolError | ValueError | None = None
 
+    async def describe(self) -> None:
+        """Parse and describe the explained statement (extended protocol, nothing executes:
+        less than the EXPLAIN of the same text in this transaction already did), so that
+        `fetch` only binds and runs it. Does nothing unless it was explained here and not
+        fetched yet; a failure is raised by `fetch`."""
+        if self.plan is None or self._conn is None or self._used or self._statement is not None:
+            return
+        try:
+            with map_errors(self._pool):
+                self._statement = await self._conn.prepare(
+                    self._sql, timeout=_client_timeout(self._limits["statement_timeout_ms"])
+                )
+        except SqlToolError as exc:
+            self._describe_error = exc
+
     async def fetch(self, *, max_rows: int, expected_columns: int | None = None) -> QueryResult:
         """The read's rows (see `run_read`), in the transaction its EXPLAIN ran in."""
-        conn, self._conn = (None, None) if self._used or self.plan is None else (self._conn, None)
+        conn, self._conn = (None, None) if self._used else (self._conn, None)
         self._used = True
         if conn is None:
             return await run_read(
@@ -470,6 +491,8 @@ class ExplainedRead:
                 expected_columns=expected_columns,
                 **self._limits,
             )
+        if self._describe_error is not None:
+            raise self._describe_error
         started = time.perf_counter()
         with map_errors(self._pool):
             columns, rows, truncated = await fetch_in_transaction(
@@ -479,6 +502,7 @@ class ExplainedRead:
                 max_rows=max_rows,
                 expected_columns=expected_columns,
                 timeout=_client_timeout(self._limits["statement_timeout_ms"]),
+                statement=self._statement,
             )
         elapsed_ms = (time.perf_counter() - started) * 1000
         return QueryResult(columns, rows, len(rows), truncated, elapsed_ms)
@@ -494,11 +518,14 @@ async def explained_read(
     lock_timeout_ms: int,
     idle_timeout_ms: int,
     search_path: str = DEFAULT_SEARCH_PATH,
+    explain: bool = True,
 ) -> AsyncIterator[ExplainedRead]:
     """The read recipe with `EXPLAIN (FORMAT JSON)` (never ANALYZE: nothing executes) of
     `sql` first, on one connection: BEGIN READ ONLY + limits, EXPLAIN, then, if the caller
     calls `fetch`, the read itself; always rolled back when the block ends, whether or not
     the read ran. One transaction instead of two for a read whose policy needs the estimate.
+    With `explain=False` entering only begins the transaction (no agent text is sent), so
+    that it can start while the call's decision is being committed.
 
     Precondition as for `explain`: `sql` is one plain statement the caller classified as a
     read. Never raises on entry: a failure to start or to explain is `error` (no plan).
@@ -515,9 +542,10 @@ async def explained_read(
         with map_errors(pool):
             conn = await _begin(pool, _BEGIN_READ, acquire_timeout=ACQUIRE_TIMEOUT_S, **limits)
             read._conn = conn
-            read.plan = await _explain_in_transaction(
-                conn, sql, params, _client_timeout(statement_timeout_ms)
-            )
+            if explain:
+                read.plan = await _explain_in_transaction(
+                    conn, sql, params, _client_timeout(statement_timeout_ms)
+                )
     except (SqlToolError, ValueError) as exc:
         read.error = exc
         read._conn = None

@@ -1,0 +1,272 @@
+"""The data path's ordering guarantee, end to end: a call's decision is durable in the audit
+store before any of its SQL runs, on both paths of an allowed read (explained first, or not
+explained because its LIMIT bounds it, its transaction opened while the decision commits),
+and a decision that cannot be committed runs nothing and leaves no transaction open.
+
+Made observable by putting the gateway's PostgreSQL audit store in the very database it
+serves: the agent's query counts its own decision in `audit_events`, so it returns 1 only if
+that decision was committed before the query's snapshot was taken.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from gateway_helpers import Gateway, text_of
+from mcp_gate.sqltools import QueryError, create_pool
+from mcp_gate.sqltools.execute import explained_read
+from mcp_gate.sqltools.pool import APPLICATION_NAME
+from pgserver import (
+    TestDatabase,
+    admin_execute,
+    create_reader_role,
+    drop_role,
+    dsn_with,
+    quote_ident,
+    run_sync,
+    unique_name,
+)
+from shop_helpers import Shop, sample_shop, shop_gateway
+
+pytestmark = pytest.mark.anyio
+
+DECISION_KEY = "io.mcp-gate/decision"
+
+
+@pytest.fixture(scope="module")
+def shop(pg_dsn: str) -> Iterator[Shop]:
+    with sample_shop(pg_dsn, "datapath") as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def store_role(shop: Shop) -> Iterator[tuple[str, str]]:
+    """A role that owns the audit store's tables in the shop database's `public` schema."""
+    role, password = unique_name("store"), "St-" + secrets.token_urlsafe(12)
+    database = shop.dsn.rsplit("/", 1)[1]
+    admin_execute(
+        shop.dsn,
+        f"CREATE ROLE {quote_ident(role)} LOGIN PASSWORD '{password}'",
+        f"GRANT CONNECT ON DATABASE {quote_ident(database)} TO {quote_ident(role)}",
+        f"GRANT CREATE, USAGE ON SCHEMA public TO {quote_ident(role)}",
+    )
+    try:
+        yield role, password
+    finally:
+        admin_execute(shop.dsn, f"DROP OWNED BY {quote_ident(role)}")
+        admin_execute(shop.dsn, f"DROP ROLE IF EXISTS {quote_ident(role)}")
+
+
+@pytest.fixture(scope="module")
+def gateway(
+    shop: Shop, store_role: tuple[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Gateway]:
+    """The repository's policy ("bulk export" holds reads estimated above 10,000 rows, so an
+    unbounded read is explained first), its audit store in the shop database, readable by
+    the gateway's reader role."""
+    role, password = store_role
+    store = dsn_with(shop.dsn, user=role, password="")
+    folder: Path = tmp_path_factory.mktemp("data-path")
+    with shop_gateway(
+        shop,
+        folder,
+        write_dsn=None,
+        server_extra=f'store = "{store}"\nstore_password_env = "GATE_TEST_STORE_PW"',
+        env={"GATE_TEST_STORE_PW": password},
+    ) as gw:
+        # The store's tables exist once the gateway has opened it.
+        deadline = time.monotonic() + 30
+        while not run_sync(lambda: table_exists(shop.dsn, "public.audit_events")):
+            assert time.monotonic() < deadline, gw.stderr()
+            time.sleep(0.1)
+        admin_execute(shop.dsn, f"GRANT SELECT ON public.audit_events TO {shop.reader_role}")
+        yield gw
+
+
+async def table_exists(dsn: str, name: str) -> bool:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", name)
+    finally:
+        await conn.close()
+
+
+def own_decision_query(bounded: bool) -> tuple[str, str]:
+    """A read that counts the committed decision records carrying its own marker (its own
+    decision, whose arguments hold this very text); (sql, marker)."""
+    marker = f"m{uuid.uuid4().hex}"
+    sql = (
+        "SELECT count(*) AS n FROM public.audit_events "
+        f"WHERE kind = 'decision' AND data LIKE '%{marker}%'"
+    )
+    return (sql + " LIMIT 1" if bounded else sql), marker
+
+
+@pytest.mark.parametrize("mode", ["legacy", "2026-07-28"])
+@pytest.mark.parametrize("bounded", [False, True], ids=["explained", "bounded"])
+async def test_a_read_sees_its_own_decision_committed(
+    gateway: Gateway, mode: str, bounded: bool
+) -> None:
+    sql, _ = own_decision_query(bounded)
+    async with gateway.client(gateway.token(), mode=mode) as client:
+        result = await client.call_tool("sql_query", {"sql": sql})
+    assert not result.is_error, text_of(result)
+    assert result.meta[DECISION_KEY]["decision"] == "allow"
+    assert result.structured_content["rows"] == [[1]]
+
+
+async def pool_states(shop: Shop) -> list[str]:
+    conn = await asyncpg.connect(shop.dsn)
+    try:
+        rows = await conn.fetch(
+            "SELECT state FROM pg_stat_activity WHERE datname = current_database()"
+            " AND usename = $1 AND application_name = $2",
+            shop.reader_role,
+            APPLICATION_NAME,
+        )
+    finally:
+        await conn.close()
+    return [r["state"] for r in rows]
+
+
+async def test_a_decision_that_cannot_be_committed_runs_nothing(
+    gateway: Gateway, shop: Shop, store_role: tuple[str, str]
+) -> None:
+    """The store refuses inserts: both kinds of read are refused with the store's reason, no
+    reader backend is left inside a transaction, and once the store records again the same
+    reads run, each seeing its own decision and none of the refused ones."""
+    role = quote_ident(store_role[0])
+    refused = [own_decision_query(bounded) for bounded in (False, True)]
+    token = gateway.token()
+    admin_execute(shop.dsn, f"REVOKE INSERT ON public.audit_events FROM {role}")
+    try:
+        async with gateway.client(token) as client:
+            for sql, _ in refused:
+                result = await client.call_tool("sql_query", {"sql": sql})
+                assert result.is_error
+                assert "audit store is unavailable, so nothing was run" in text_of(result)
+                assert "idle in transaction" not in await pool_states(shop)
+    finally:
+        admin_execute(shop.dsn, f"GRANT INSERT ON public.audit_events TO {role}")
+    async with gateway.client(token) as client:
+        for bounded in (False, True):
+            sql, _ = own_decision_query(bounded)
+            result = await client.call_tool("sql_query", {"sql": sql})
+            assert not result.is_error, text_of(result)
+            assert result.structured_content["rows"] == [[1]]
+    conn = await asyncpg.connect(shop.dsn)
+    try:
+        for _, marker in refused:
+            count = await conn.fetchval(
+                "SELECT count(*) FROM public.audit_events WHERE kind = 'decision'"
+                " AND data LIKE '%' || $1 || '%'",
+                marker,
+            )
+            assert count == 0  # the refused decisions were never committed
+    finally:
+        await conn.close()
+    assert "idle in transaction" not in await pool_states(shop)
+
+
+# --------------------------------------------------------------------------- in process
+
+LOCK_KEY = 7_310_002
+LIMITS = {"statement_timeout_ms": 5000, "lock_timeout_ms": 1000, "idle_timeout_ms": 10_000}
+LOCKING_READ = (
+    f"SELECT pg_catalog.pg_advisory_xact_lock({LOCK_KEY}) AS locked,"
+    " pg_catalog.pg_backend_pid() AS pid FROM items WHERE id = 1"
+)
+
+
+@pytest.fixture(scope="module")
+def items_db(module_db: TestDatabase) -> Iterator[tuple[str, str]]:
+    admin_execute(
+        module_db.dsn,
+        "CREATE TABLE items (id int PRIMARY KEY)",
+        "INSERT INTO items SELECT generate_series(1, 10)",
+    )
+    role, password = unique_name("reader"), "Rd-" + secrets.token_urlsafe(12)
+    dsn = create_reader_role(module_db.admin_dsn, module_db.name, role, password)
+    try:
+        yield dsn_with(dsn, password=""), password
+    finally:
+        admin_execute(module_db.dsn, f"DROP OWNED BY {quote_ident(role)}")
+        drop_role(module_db.admin_dsn, role)
+
+
+@pytest.fixture
+async def pool_and_observer(
+    items_db: tuple[str, str], module_db: TestDatabase
+) -> AsyncIterator[tuple[Any, asyncpg.Connection]]:
+    dsn, password = items_db
+    pool = await create_pool(dsn, password=password, min_size=1, max_size=1)
+    observer = await asyncpg.connect(module_db.dsn)
+    try:
+        yield pool, observer
+    finally:
+        await observer.close()
+        await pool.close()
+
+
+async def backend(observer: asyncpg.Connection) -> asyncpg.Record:
+    """The pool's one backend: pid, state, last statement, and whether it holds the lock."""
+    return await observer.fetchrow(
+        "SELECT a.pid, a.state, a.query, EXISTS (SELECT 1 FROM pg_locks l WHERE l.pid = a.pid"
+        " AND l.locktype = 'advisory' AND l.objid = $1) AS locked FROM pg_stat_activity a"
+        " WHERE a.datname = current_database() AND a.application_name = $2",
+        LOCK_KEY,
+        APPLICATION_NAME,
+    )
+
+
+async def test_opening_without_explain_sends_nothing_of_the_read(pool_and_observer) -> None:
+    """`explain=False` (the transaction a bounded read opens while its decision commits):
+    BEGIN and the limits only; the agent text reaches the server at `fetch`, in that same
+    transaction, and the block rolls it back."""
+    pool, observer = pool_and_observer
+    async with explained_read(pool, LOCKING_READ, None, explain=False, **LIMITS) as read:
+        assert read.plan is None and read.error is None
+        seen = await backend(observer)
+        assert seen["state"] == "idle in transaction" and not seen["locked"]
+        assert "items" not in seen["query"] and "set_config" in seen["query"]
+        result = await read.fetch(max_rows=5)
+        assert [row[1] for row in result.rows] == [seen["pid"]]
+        assert (await backend(observer))["locked"]
+    after = await backend(observer)
+    assert after["state"] == "idle" and not after["locked"]
+
+
+async def test_describe_prepares_the_explained_read_and_runs_nothing(pool_and_observer) -> None:
+    """`describe` (overlapped with the decision's commit) parses the statement the EXPLAIN
+    already planned: its text is the backend's last statement, yet the function in it has
+    not run (no lock); `fetch` then runs that prepared statement in the same transaction."""
+    pool, observer = pool_and_observer
+    async with explained_read(pool, LOCKING_READ, None, **LIMITS) as read:
+        assert read.plan is not None
+        await read.describe()
+        seen = await backend(observer)
+        assert seen["query"] == LOCKING_READ and not seen["locked"]
+        result = await read.fetch(max_rows=5)
+        assert [row[1] for row in result.rows] == [seen["pid"]]
+        assert (await backend(observer))["locked"]
+    assert not (await backend(observer))["locked"]
+
+
+async def test_describe_does_nothing_for_a_read_it_did_not_explain(pool_and_observer) -> None:
+    pool, observer = pool_and_observer
+    async with explained_read(pool, LOCKING_READ, None, explain=False, **LIMITS) as read:
+        await read.describe()
+        assert "items" not in (await backend(observer))["query"]
+    async with explained_read(pool, "SELECT nope FROM items", None, **LIMITS) as read:
+        assert read.error is not None  # EXPLAIN failed: its connection was given back
+        await read.describe()
+        with pytest.raises(QueryError):
+            await read.fetch(max_rows=5)
