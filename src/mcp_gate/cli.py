@@ -96,7 +96,10 @@ def serve(
 @app.command()
 def demo(
     port: Annotated[
-        int, typer.Option("--port", help="Port for the gateway (a free one if taken).")
+        int,
+        typer.Option(
+            "--port", help="Port for the gateway (0: any free one; if taken, a free one)."
+        ),
     ] = 8765,
 ) -> None:
     """Start a complete local setup: sample database, policies and a gateway.
