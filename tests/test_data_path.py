@@ -10,6 +10,7 @@ that decision was committed before the query's snapshot was taken.
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
 import uuid
@@ -17,11 +18,12 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import asyncpg
 import pytest
 
 from gateway_helpers import Gateway, text_of
-from mcp_gate.sqltools import QueryError, create_pool
+from mcp_gate.sqltools import QueryError, create_pool, execute, run_read
 from mcp_gate.sqltools.execute import explained_read
 from mcp_gate.sqltools.pool import APPLICATION_NAME
 from pgserver import (
@@ -270,3 +272,38 @@ async def test_describe_does_nothing_for_a_read_it_did_not_explain(pool_and_obse
         await read.describe()
         with pytest.raises(QueryError):
             await read.fetch(max_rows=5)
+
+
+async def test_a_read_opened_before_its_commit_survives_the_server_ending_it(
+    pool_and_observer,
+) -> None:
+    """The transaction opened while the decision commits may be ended by the server if the
+    commit is slow (idle_in_transaction_session_timeout): nothing of the read ran there, so
+    `fetch` runs it on a fresh connection, and the pool stays whole."""
+    pool, _ = pool_and_observer
+    limits = {**LIMITS, "idle_timeout_ms": 200}
+    sql = "SELECT id FROM items WHERE id = 3"
+    async with explained_read(pool, sql, None, explain=False, **limits) as read:
+        await asyncio.sleep(0.6)  # past idle_in_transaction_session_timeout
+        assert (await read.fetch(max_rows=5)).rows == [(3,)]
+    for i in range(2):
+        result = await run_read(pool, f"SELECT {i} AS n", None, max_rows=1, **LIMITS)
+        assert result.rows == [(i,)]
+
+
+async def test_a_read_is_fetched_in_one_round_trip_and_bounded(pool_and_observer) -> None:
+    """The asyncpg call that binds and executes the unnamed portal with a row limit in one
+    round trip exists in the installed asyncpg (else reads fall back to the cursor, one round
+    trip slower), and the server stops at max_rows + 1 rows of an endless-looking result."""
+    pool, _ = pool_and_observer
+    assert execute._BIND_EXECUTE is not None
+    # In the target list the function returns its rows one by one (in FROM it would first
+    # materialise all of them).
+    huge = "SELECT pg_catalog.generate_series(1, 100000000) AS g"
+    with anyio.fail_after(5):
+        result = await run_read(pool, huge, None, max_rows=3, **LIMITS)
+    assert (result.rows, result.truncated) == ([(1,), (2,), (3,)], True)
+    zero = await run_read(pool, huge, None, max_rows=0, **LIMITS)
+    assert (zero.rows, zero.truncated) == ([], True)
+    exact = await run_read(pool, "SELECT id FROM items WHERE id <= $1", [2], max_rows=2, **LIMITS)
+    assert (exact.rows, exact.truncated) == ([(1,), (2,)], False)

@@ -12,7 +12,8 @@ Read recipe (DESIGN §6; reference note §5 has the measurements behind each ste
 4. `prepare()` the agent text (extended protocol: one statement only, so `COMMIT; INSERT …`
    and `SELECT 1; DELETE …` are refused by the server before anything runs);
 5. compare the result's column count with the caller's analysis (`FieldCountMismatch`);
-6. bind a protocol-level cursor and fetch at most `max_rows + 1` rows;
+6. bind a protocol-level cursor (the unnamed portal) and execute it for at most
+   `max_rows + 1` rows, in one round trip;
 7. always `ROLLBACK` together with the session reset (`RESET ROLE`, …) in one round trip,
    shielded from cancellation; if that fails or times out the connection is terminated
    instead of going back to the pool.
@@ -34,6 +35,7 @@ from typing import Any
 
 import anyio
 import asyncpg
+import asyncpg.prepared_stmt
 
 from .dsn import scrub
 from .errors import DatabaseUnavailable, FieldCountMismatch, QueryError, SqlToolError
@@ -57,6 +59,15 @@ _COMMIT = "COMMIT"
 _UNAVAILABLE_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "57P04", "57P05"})
 _COUNTED_COMMANDS = frozenset(
     {"INSERT", "UPDATE", "DELETE", "MERGE", "SELECT", "COPY", "MOVE", "FETCH"}
+)
+
+
+# What `PreparedStatement.fetchrow` runs with a limit of 1: Bind of the unnamed portal,
+# Execute for at most `limit` rows, Sync, in one round trip. The public cursor takes a second
+# round trip to close its portal once the rows are exhausted (every result that fits). Private
+# in asyncpg (0.30-0.32): should a release rename it, the cursor serves instead.
+_BIND_EXECUTE = getattr(
+    asyncpg.prepared_stmt.PreparedStatement, "_PreparedStatement__bind_execute", None
 )
 
 
@@ -280,14 +291,16 @@ async def fetch_in_transaction(
     if expected_columns is not None and len(attributes) != expected_columns:
         raise FieldCountMismatch(expected_columns, len(attributes))
     columns = [Column(a.name, _type_name(a.type)) for a in attributes]
-    # Iterating a cursor with prefetch binds and executes in one round trip, asking the
-    # server for at most max_rows + 1 rows; we stop there, so it never asks for more.
-    records = []
+    # The server is asked for at most max_rows + 1 rows (never 0, which would mean all).
     limit = max_rows + 1
-    async for record in stmt.cursor(*(params or ()), prefetch=limit, timeout=timeout):
-        records.append(record)
-        if len(records) >= limit:
-            break
+    if _BIND_EXECUTE is not None:
+        records = await _BIND_EXECUTE(stmt, tuple(params or ()), limit, timeout)
+    else:
+        records = []
+        async for record in stmt.cursor(*(params or ()), prefetch=limit, timeout=timeout):
+            records.append(record)
+            if len(records) >= limit:
+                break
     if not conn.is_in_transaction():
         # COMMIT / ROLLBACK [AND CHAIN] as the agent statement: it could write nothing (one
         # statement, READ ONLY), but it is not a query either.
@@ -482,6 +495,10 @@ class ExplainedRead:
         """The read's rows (see `run_read`), in the transaction its EXPLAIN ran in."""
         conn, self._conn = (None, None) if self._used else (self._conn, None)
         self._used = True
+        if conn is not None and _is_dead(conn):
+            # The server ended the idle transaction while the decision was being committed
+            # (idle_in_transaction_session_timeout): nothing of the read ran there.
+            conn = None
         if conn is None:
             return await run_read(
                 self._pool,
