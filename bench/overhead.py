@@ -12,8 +12,9 @@ the baseline; `max_rows=1000` over a 1M-row table grows the gateway's peak RSS â
 
 The gateway runs the repo's sample `policies.toml` with recording on (the default), except
 that the "bulk export" threshold is raised far above the big table's size: the rule still
-matches on `estimated_rows`, so every read is still explained, but `SELECT * FROM big` runs
-instead of being held for review.
+matches on `estimated_rows`, so every read without a constant LIMIT is still explained (the
+ordered page's `LIMIT 20` decides the rule without EXPLAIN, as with the real threshold), but
+`SELECT * FROM big` runs instead of being held for review.
 
     python bench/overhead.py [--calls 100] [--rounds 8] [--quick] [--write]
 """
