@@ -23,7 +23,7 @@ import asyncpg
 import pytest
 
 from gateway_helpers import Gateway, text_of
-from mcp_gate.sqltools import QueryError, create_pool, execute, run_read
+from mcp_gate.sqltools import create_pool, execute, run_read
 from mcp_gate.sqltools.execute import explained_read
 from mcp_gate.sqltools.pool import APPLICATION_NAME
 from pgserver import (
@@ -244,34 +244,6 @@ async def test_opening_without_explain_sends_nothing_of_the_read(pool_and_observ
         assert (await backend(observer))["locked"]
     after = await backend(observer)
     assert after["state"] == "idle" and not after["locked"]
-
-
-async def test_describe_prepares_the_explained_read_and_runs_nothing(pool_and_observer) -> None:
-    """`describe` (overlapped with the decision's commit) parses the statement the EXPLAIN
-    already planned: its text is the backend's last statement, yet the function in it has
-    not run (no lock); `fetch` then runs that prepared statement in the same transaction."""
-    pool, observer = pool_and_observer
-    async with explained_read(pool, LOCKING_READ, None, **LIMITS) as read:
-        assert read.plan is not None
-        await read.describe()
-        seen = await backend(observer)
-        assert seen["query"] == LOCKING_READ and not seen["locked"]
-        result = await read.fetch(max_rows=5)
-        assert [row[1] for row in result.rows] == [seen["pid"]]
-        assert (await backend(observer))["locked"]
-    assert not (await backend(observer))["locked"]
-
-
-async def test_describe_does_nothing_for_a_read_it_did_not_explain(pool_and_observer) -> None:
-    pool, observer = pool_and_observer
-    async with explained_read(pool, LOCKING_READ, None, explain=False, **LIMITS) as read:
-        await read.describe()
-        assert "items" not in (await backend(observer))["query"]
-    async with explained_read(pool, "SELECT nope FROM items", None, **LIMITS) as read:
-        assert read.error is not None  # EXPLAIN failed: its connection was given back
-        await read.describe()
-        with pytest.raises(QueryError):
-            await read.fetch(max_rows=5)
 
 
 async def test_a_read_opened_before_its_commit_survives_the_server_ending_it(

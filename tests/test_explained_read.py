@@ -307,19 +307,6 @@ async def test_a_dml_estimate_counts_the_rows_it_would_touch(env: Env, observer)
     assert await observer.fetchval("SELECT count(*) FROM items") == ROWS
 
 
-KILLED_WHILE_DECIDING = (
-    "ExplainedRead.fetch uses the explained transaction's connection even after the server "
-    "ended it (idle_in_transaction_session_timeout while the caller waited, e.g. on a slow "
-    "audit commit): asyncpg has already taken the closed connection back, so fetch raises "
-    "QueryError('cannot call Connection.prepare(): connection has been released back to the "
-    "pool'), an internal message, instead of running the read on a fresh connection (nothing "
-    "of it ran; the EXPLAIN-only transaction lost nothing, as in _begin's retry of a dead "
-    "connection). The pool itself recovers. End to end: an allowed read whose decision "
-    "commit waits 6-10 s (SQLite store busy) fails with that text."
-)
-
-
-@pytest.mark.xfail(strict=True, reason=KILLED_WHILE_DECIDING)
 async def test_a_transaction_ended_while_deciding_still_gives_the_read(pool, observer) -> None:
     """The caller may take a while between EXPLAIN and fetch (its decision is committed in
     between). If the server ends the idle explained transaction meanwhile, the read, which

@@ -172,9 +172,10 @@ class Pipeline:
                 # DESIGN §2.7: nothing runs (or is held to run later) before its decision is
                 # committed, and no verdict, a refusal included, reaches the client before its
                 # record is durable (a crash must not lose a decided call). No record, no run.
-                # Work that executes nothing of the call overlaps the commit: opening its
-                # transaction, or preparing the statement its EXPLAIN already planned. The
-                # call itself runs only below, once the decision is on record.
+                # Opening an allowed read's transaction (no agent text) overlaps the commit.
+                # Not preparing its statement early: asyncpg's prepare ends without a Sync,
+                # so PostgreSQL's statement_timeout would run through the commit's wait.
+                # The call itself runs only below, once the decision is on record.
                 opened = None
                 if decision.decision == "allow" and prepared is None:
                     opened = upstream.prepare(call, principal, inspection, explain=False)
@@ -182,14 +183,6 @@ class Pipeline:
                     work = prepared_scope.enter_async_context(opened)
                     refused, prepared = await self._record_meanwhile(
                         session_id, principal, call, decision, work
-                    )
-                elif (
-                    decision.decision == "allow"
-                    and prepared is not None
-                    and prepared.ready is not None
-                ):
-                    refused, _ = await self._record_meanwhile(
-                        session_id, principal, call, decision, prepared.ready()
                     )
                 else:
                     refused = await self.recorder.decision(session_id, principal, call, decision)

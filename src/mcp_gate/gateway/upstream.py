@@ -27,13 +27,10 @@ class PreparedCall:
 
     `run` runs the call there, at most once, and only after the pipeline allowed it and its
     decision is on record; leaving the context without running it rolls everything back.
-    `ready`, if any, is work that executes nothing of the call (preparing the statement the
-    estimate already planned), which the pipeline overlaps with the decision's commit.
     """
 
     estimate: Estimate
     run: Callable[[], Awaitable[types.CallToolResult]]
-    ready: Callable[[], Awaitable[None]] | None = None
 
 
 class Upstream(Protocol):

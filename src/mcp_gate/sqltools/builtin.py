@@ -408,7 +408,7 @@ class BuiltinSql:
                     conn, call.arguments, inspection, principal, explained=read
                 )
 
-            yield PreparedCall(found, run, read.describe if read.plan is not None else None)
+            yield PreparedCall(found, run)
 
     async def call_tool(
         self, call: ToolCall, principal: Principal, inspection: Inspection

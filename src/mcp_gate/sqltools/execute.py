@@ -278,15 +278,13 @@ async def fetch_in_transaction(
     max_rows: int,
     expected_columns: int | None = None,
     timeout: float | None = None,
-    statement: Any = None,
 ) -> tuple[list[Column], list[tuple[Any, ...]], bool]:
     """Prepare `sql` (one statement, extended protocol), check its column count, and fetch at
     most `max_rows + 1` rows through a protocol-level cursor. Returns (columns, at most
-    `max_rows` rows, truncated). Must run inside a transaction (`read_transaction`).
-    `statement`: `sql` already prepared on `conn` in this transaction."""
+    `max_rows` rows, truncated). Must run inside a transaction (`read_transaction`)."""
     if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 0:
         raise ValueError("max_rows must be a non-negative integer")
-    stmt = statement if statement is not None else await conn.prepare(sql, timeout=timeout)
+    stmt = await conn.prepare(sql, timeout=timeout)
     attributes = stmt.get_attributes()
     if expected_columns is not None and len(attributes) != expected_columns:
         raise FieldCountMismatch(expected_columns, len(attributes))
@@ -459,7 +457,7 @@ class ExplainedRead:
     there is none, or because nothing was explained. `fetch` runs the read itself in the same
     transaction, at most once; when the EXPLAIN failed (the transaction is aborted then) or
     the transaction could not start, it runs the plain `run_read` recipe instead, which
-    reports its own error. `describe` may prepare an explained read ahead of `fetch`.
+    reports its own error.
     """
 
     def __init__(
@@ -471,25 +469,8 @@ class ExplainedRead:
         self._limits = limits
         self._conn: Any = None
         self._used = False
-        self._statement: Any = None
-        self._describe_error: SqlToolError | None = None
         self.plan: dict[str, Any] | None = None
         self.error: SqlToolError | ValueError | None = None
-
-    async def describe(self) -> None:
-        """Parse and describe the explained statement (extended protocol, nothing executes:
-        less than the EXPLAIN of the same text in this transaction already did), so that
-        `fetch` only binds and runs it. Does nothing unless it was explained here and not
-        fetched yet; a failure is raised by `fetch`."""
-        if self.plan is None or self._conn is None or self._used or self._statement is not None:
-            return
-        try:
-            with map_errors(self._pool):
-                self._statement = await self._conn.prepare(
-                    self._sql, timeout=_client_timeout(self._limits["statement_timeout_ms"])
-                )
-        except SqlToolError as exc:
-            self._describe_error = exc
 
     async def fetch(self, *, max_rows: int, expected_columns: int | None = None) -> QueryResult:
         """The read's rows (see `run_read`), in the transaction its EXPLAIN ran in."""
@@ -508,8 +489,6 @@ class ExplainedRead:
                 expected_columns=expected_columns,
                 **self._limits,
             )
-        if self._describe_error is not None:
-            raise self._describe_error
         started = time.perf_counter()
         with map_errors(self._pool):
             columns, rows, truncated = await fetch_in_transaction(
@@ -519,7 +498,6 @@ class ExplainedRead:
                 max_rows=max_rows,
                 expected_columns=expected_columns,
                 timeout=_client_timeout(self._limits["statement_timeout_ms"]),
-                statement=self._statement,
             )
         elapsed_ms = (time.perf_counter() - started) * 1000
         return QueryResult(columns, rows, len(rows), truncated, elapsed_ms)
