@@ -6,8 +6,8 @@ are idle again.
 A real `mcp-gate serve` over the sample shop, a real SDK client (legacy era, no elicitation:
 the call blocks in the hold), a dba approving through the admin API. PostgreSQL is watched
 from a separate superuser connection: `pg_stat_activity` and `pg_locks` of the backends whose
-`application_name` is the gateway's, and a `LOCK TABLE … NOWAIT` that only succeeds when no
-session holds any lock on the table.
+`application_name` is the gateway's, and a `LOCK TABLE … IN ACCESS EXCLUSIVE MODE` that only
+succeeds when no session holds a lock on the table (autovacuum excepted: it gives way).
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ class View:
 
     backends: list[dict[str, Any]]  # pid, role, state, backend_xid, xact_start
     locks: list[dict[str, Any]]  # every lock the gateway's backends hold or wait for
-    table_free: bool  # LOCK TABLE orders IN ACCESS EXCLUSIVE MODE NOWAIT succeeded
+    table_free: bool  # LOCK TABLE orders IN ACCESS EXCLUSIVE MODE succeeded within 3 s
 
     def roles(self) -> set[str]:
         return {b["role"] for b in self.backends}
@@ -82,9 +82,13 @@ async def observe(db: str) -> View:
             " WHERE a.datname = current_database() AND a.application_name = $1",
             APPLICATION_NAME,
         )
+        # Not NOWAIT: an autovacuum of the freshly loaded table holds a conflicting lock,
+        # but gives way to a waiting lock request after deadlock_timeout (1 s); a lock
+        # held by a gateway session would not, and times this out.
         try:
             async with conn.transaction():
-                await conn.execute("LOCK TABLE orders IN ACCESS EXCLUSIVE MODE NOWAIT")
+                await conn.execute("SET LOCAL lock_timeout = '3s'")
+                await conn.execute("LOCK TABLE orders IN ACCESS EXCLUSIVE MODE")
             table_free = True
         except asyncpg.LockNotAvailableError:
             table_free = False
