@@ -272,7 +272,7 @@ def test_sessions_list_table_filters_and_json(gate: Path) -> None:
     new = next(line for line in run.stdout.splitlines() if "ses_new" in line)
     for cell in ("alice", "http", "2025-11-25", "claude-code 2.1.0", "9.0s"):
         assert cell in new
-    assert new.split("│")[-3].strip() == "2" and new.split("│")[-2].strip() == "0"
+    assert new.split()[0] == "ses_new" and new.split()[-2:] == ["2", "0"]  # calls, denied
     assert run.stdout.index("ses_new") < run.stdout.index("ses_old")  # newest first
 
     _, only, _ = listing(gate, principal="carol")
@@ -459,6 +459,42 @@ def test_export_is_what_was_stored_and_re_verifiable(gate: Path) -> None:
 
 
 # --------------------------------------------------------------------------- errors
+
+
+def test_sessions_list_fits_80_columns_and_replay_takes_the_shown_id(tmp_path: Path) -> None:
+    """The table shows the start of each id (16 characters) and keeps calls and denials on
+    an 80-column terminal; `replay` takes that start, or any unique one of 8 or more."""
+    config = write_config(tmp_path)
+    long_ids = ["ses_0123456789abcdef0123456789abcdef", "ses_0123456789abffff0123456789abcdef"]
+
+    async def record() -> None:
+        store = SqliteAuditStore(tmp_path / ".mcp-gate" / "gate.db")
+        await store.open()
+        try:
+            for i, sid in enumerate(long_ids):
+                await store.append(recorded_session(sid, "alice", NOW - 60 + i))
+        finally:
+            await store.close()
+
+    asyncio.run(record())
+    out = io.StringIO()
+    opts = {"principal": None, "since": None, "limit": 100, "as_json": False}
+    code = commands.sessions_list(
+        config, out=Console(file=out, width=80), err=Console(file=io.StringIO()), **opts
+    )
+    lines = [line for line in out.getvalue().splitlines() if "ses_0123" in line]
+    assert code == 0 and [line.split()[0] for line in lines] == [
+        "ses_0123456789ab",
+        "ses_0123456789ab",
+    ]
+    assert all(len(line) <= 80 and line.split()[-2:] == ["2", "0"] for line in lines)
+
+    code, shown, _ = call(commands.replay, config, long_ids[1][:18], follow=False)
+    assert code == 0 and long_ids[1] in shown and "approved by bob" in shown
+    code, _, err = call(commands.replay, config, "ses_0123456789ab", follow=False)
+    assert code == 2 and "several session ids" in err and long_ids[0] in err
+    code, _, err = call(commands.replay, config, "ses_012", follow=False)  # under 8: not a prefix
+    assert code == 2 and "no session 'ses_012'" in err
 
 
 def test_clear_errors_for_config_session_and_store(gate: Path, tmp_path: Path) -> None:

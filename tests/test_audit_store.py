@@ -218,6 +218,28 @@ async def test_round_trip_events_sessions_and_head(store: AuditStore) -> None:
 
 
 @pytest.mark.anyio
+async def test_sessions_by_the_start_of_their_id(store: AuditStore) -> None:
+    """What `replay` resolves a shortened id with: a prefix, never a LIKE pattern."""
+    for sid in ("ses_0123456789abcdef", "ses_0123456789abffff", "ses_9x%y_z", "sesA0"):
+        await store.append([start(sid)])
+    assert [s.id for s in await store.sessions_starting("ses_0123456789abc")] == [
+        "ses_0123456789abcdef"
+    ]
+    assert [s.id for s in await store.sessions_starting("ses_0123")] == [
+        "ses_0123456789abcdef",
+        "ses_0123456789abffff",
+    ]
+    assert [s.id for s in await store.sessions_starting("ses_", limit=5)] == [
+        "ses_0123456789abcdef",
+        "ses_0123456789abffff",
+        "ses_9x%y_z",
+    ]  # `_` is literal: "sesA0" does not match
+    assert [s.id for s in await store.sessions_starting("ses_9x%")] == ["ses_9x%y_z"]
+    assert await store.sessions_starting("ses_%") == []
+    assert await store.sessions_starting("ses_0123\\") == []
+
+
+@pytest.mark.anyio
 async def test_verify_passes_and_counts(store: AuditStore, tmp_path: Path) -> None:
     key = chain.load_signing_key(tmp_path / "data")
     await store.append(transcript("s1"))

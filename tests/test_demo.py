@@ -184,9 +184,9 @@ def test_demo_session_replayed_and_verified_without_config(tmp_path: Path) -> No
         assert session["ended"] is not None
         table = gate(tmp_path, "sessions", "list")
         assert table.returncode == 0, table.stderr
-        assert session["id"] in table.stdout and "agent" in table.stdout
+        assert session["id"][:16] in table.stdout and "agent" in table.stdout
 
-        replay = gate(tmp_path, "replay", session["id"])
+        replay = gate(tmp_path, "replay", session["id"][:16])  # the id as the table shows it
         assert replay.returncode == 0, replay.stderr
         timeline = replay.stdout
         for expected in (

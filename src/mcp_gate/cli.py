@@ -355,7 +355,11 @@ def sessions_list(
     limit: Annotated[int, typer.Option("--limit", min=1, help="At most this many.")] = 100,
     as_json: JsonOption = False,
 ) -> None:
-    """List recorded sessions, newest first: who, how, when, calls and denials."""
+    """List recorded sessions, newest first: who, how, when, calls and denials.
+
+    The table shows the start of each session id, which `mcp-gate replay` accepts; `--json`
+    gives the full ids.
+    """
     from mcp_gate.audit import commands as audit_commands
 
     raise typer.Exit(
@@ -373,7 +377,9 @@ def sessions_list(
 
 @app.command()
 def replay(
-    session: Annotated[str, typer.Argument(help="The session id (see `sessions list`).")],
+    session: Annotated[
+        str, typer.Argument(help="The session id, or its start (8 characters or more).")
+    ],
     config: AuditConfigPath = None,
     follow: Annotated[
         bool, typer.Option("--follow", "-f", help="Keep showing a live session until it ends.")

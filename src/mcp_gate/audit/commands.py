@@ -22,6 +22,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -38,6 +39,12 @@ from .store import AuditStore, AuditUnavailable
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 FOLLOW_INTERVAL = 0.5
+#: How much of a session id `sessions list` shows ("ses_" and 12 of its 32 hex digits).
+SHORT_ID = 16
+#: Terminal width from which `sessions list` also shows each session's transport and client.
+WIDE_TABLE = 104
+#: The shortest prefix `replay` looks up (shorter ones would match too much to be meant).
+MIN_PREFIX = 8
 T = TypeVar("T")
 
 
@@ -173,17 +180,23 @@ def sessions_list(
                 "no sessions recorded" + (" matching the filters" if principal or since else "")
             )
             return EXIT_OK
-        table = Table(title=None, header_style="bold")
+        table = Table(title=None, header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False)
+        # Below ~104 columns the transport and client give way to what tells sessions apart.
+        wide = out.width >= WIDE_TABLE
         table.add_column("id", no_wrap=True)
-        for name in ("principal", "transport", "era", "client", "started", "duration"):
-            table.add_column(name, overflow="fold")
+        for name in ("principal", "via", "client") if wide else ("principal",):
+            table.add_column(name, no_wrap=True, overflow="ellipsis")
+        table.add_column("started", no_wrap=True)
+        table.add_column("duration", no_wrap=True)
         table.add_column("calls", justify="right")
         table.add_column("denied", justify="right")
         for s in found:
             client = " ".join(x for x in (s.client_name, s.client_version) if x) or "–"
             lasted = "open" if s.ended_at is None else duration(s.ended_at - s.started_at)
+            via = f"{s.transport} {s.era}" if s.era else s.transport
             table.add_row(
-                s.id, s.subject, s.transport, s.era or "–", client, when(s.started_at), lasted,
+                s.id[:SHORT_ID], s.subject, *((via, client) if wide else ()),
+                when(s.started_at)[:16], lasted,
                 str(s.calls), f"[red]{s.denied}[/]" if s.denied else "0",
             )  # fmt: skip
         out.print(table)
@@ -195,19 +208,32 @@ def sessions_list(
 # -- replay -------------------------------------------------------------------------------------
 
 
-def replay(
-    config: Path | None, session_id: str, *, follow: bool, out: Console, err: Console
-) -> int:
-    """`mcp-gate replay SESSION [--follow]`."""
+async def find_session(store: AuditStore, given: str) -> SessionInfo:
+    """The session `given` names: its id, or a prefix of exactly one id (as `sessions list`
+    shows them); a CommandError saying which when there is none or several."""
+    info = await store.session(given)
+    if info is not None:
+        return info
+    found = await store.sessions_starting(given) if len(given) >= MIN_PREFIX else []
+    if len(found) == 1:
+        return found[0]
+    if found:
+        raise CommandError(
+            f"{given!r} is the start of several session ids ({found[0].id}, {found[1].id}, …); "
+            "give more of it"
+        )
+    raise CommandError(
+        f"no session {given!r} in the audit store; `mcp-gate sessions list` shows the recorded ones"
+    )
+
+
+def replay(config: Path | None, given: str, *, follow: bool, out: Console, err: Console) -> int:
+    """`mcp-gate replay SESSION [--follow]`: SESSION is an id or the start of one."""
 
     async def work() -> int:
         async with opened(config) as (_, store):
-            info = await store.session(session_id)
-            if info is None:
-                raise CommandError(
-                    f"no session {session_id!r} in the audit store; `mcp-gate sessions list` "
-                    "shows the recorded ones"
-                )
+            info = await find_session(store, given)
+            session_id = info.id
             out.print(session_header(info))
             timeline = Timeline(out, info.started_at)
             last, ended = 0, False

@@ -127,6 +127,17 @@ class AuditStore(ABC):
         sql += f" ORDER BY started_at DESC, id LIMIT {p(max(0, int(limit)))}"
         return await self._select(sql, p.values, session_info)
 
+    async def sessions_starting(self, prefix: str, limit: int = 2) -> builtins.list[SessionInfo]:
+        """Sessions whose id starts with `prefix` (at most `limit`, by id): what a shortened
+        id, as `sessions list` shows it, stands for."""
+        escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        p = _Params(self._param)
+        sql = (
+            f"SELECT * FROM audit_sessions WHERE id LIKE {p(escaped + '%')} ESCAPE '\\'"
+            f" ORDER BY id LIMIT {p(max(0, int(limit)))}"
+        )
+        return await self._select(sql, p.values, session_info)
+
     async def session(self, session_id: str) -> SessionInfo | None:
         """One session, or None."""
         sql = f"SELECT * FROM audit_sessions WHERE id = {self._param(1)}"
