@@ -174,6 +174,16 @@ def read_store(path: Path, session_id: str | None = None) -> list[StoredEvent]:
     return run_sync(read)
 
 
+def assert_starts_first(session: Any, events: list[Any]) -> None:
+    """The session began when the initialize that opened it arrived, not when it was
+    answered: its start is the first event, at or before every other one."""
+    assert events[0].event.kind == EventKind.SESSION_START
+    assert session.started_at == events[0].event.at
+    assert all(events[0].event.at <= e.event.at for e in events[1:]), [
+        (e.event.kind, e.event.at) for e in events[:3]
+    ]
+
+
 def sessions_of(path: Path, subject: str) -> list[Any]:
     async def read() -> list[Any]:
         store = SqliteAuditStore(path)
@@ -239,6 +249,7 @@ async def test_legacy_http_session_is_recorded_whole(gateway: Gateway, pii: Pii)
     assert session.calls == 2 and session.denied == 1
     events = read_store(path, session.id)
     assert events[0].event.kind == EventKind.SESSION_START
+    assert_starts_first(session, events)
     start = events[0].event.data
     assert start["principal"]["subject"] == "legacy-agent"
     assert start["principal"]["groups"] == ["developers"]
@@ -325,6 +336,7 @@ async def test_stdio_run_is_one_session(gateway: Gateway, mode: str):
     assert session.era == ("2025-11-25" if mode == "legacy" else "2026-07-28")
     assert session.client_name and session.calls == 2 and session.denied == 1
     events = read_store(path, session.id)
+    assert_starts_first(session, events)
     assert_same_messages(messages(events, "in"), transport.sent)
     assert_same_messages(messages(events, "out"), transport.received)
 

@@ -207,8 +207,11 @@ class Recorder:
         *,
         mcp_session_id: str | None = None,
         key: tuple[Any, ...] | None = None,
+        at: float | None = None,
     ) -> str:
-        """Open an audit session and queue its `session_start`; its id."""
+        """Open an audit session and queue its `session_start`; its id. `at`: when the
+        session began, if earlier than now (the arrival of the initialize that opened it, whose
+        answer is what starts the session)."""
         sid = f"ses_{uuid.uuid4().hex}"
         session = _Session(sid, transport, key)
         self._sessions[sid] = session
@@ -224,7 +227,8 @@ class Recorder:
         }
         if key is not None:
             data["logical"] = True  # grouped modern requests, not a protocol session
-        self._enqueue(AuditEvent(sid, EventKind.SESSION_START, self.clock(), data=data))
+        began = self.clock() if at is None else at
+        self._enqueue(AuditEvent(sid, EventKind.SESSION_START, began, data=data))
         return sid
 
     def end_session(self, session_id: str, reason: str) -> None:
@@ -246,9 +250,14 @@ class Recorder:
         return self._mcp_sessions.get(mcp_session_id)
 
     def logical_session(
-        self, principal: Principal, era: str | None, client_info: Mapping[str, Any] | None
+        self,
+        principal: Principal,
+        era: str | None,
+        client_info: Mapping[str, Any] | None,
+        at: float | None = None,
     ) -> str:
-        """The open logical session of (principal, client), started if there is none."""
+        """The open logical session of (principal, client), started (at `at`, if given) if
+        there is none."""
         info = client_info_of(client_info)
         key = (
             principal.subject,
@@ -260,7 +269,7 @@ class Recorder:
         if session is not None:
             session.last_seen = time.monotonic()
             return session.id
-        return self.start_session(principal, "http", era, info, key=key)
+        return self.start_session(principal, "http", era, info, key=key, at=at)
 
     def enter(self, session_id: str) -> None:
         """An HTTP request of the session started (it is not idle while one is in flight)."""

@@ -108,7 +108,9 @@ class _Exchange:
 
     def _fallback_session(self, client_info: Any = None) -> str:
         # Traffic outside a legacy session: the principal's logical session.
-        sid = self.recorder.logical_session(self.principal, self.era, client_info)
+        sid = self.recorder.logical_session(
+            self.principal, self.era, client_info, self._deferred_since()
+        )
         if self.session is None:
             self.session = sid
             self.scope[AUDIT_SESSION_SCOPE_KEY] = sid
@@ -209,6 +211,10 @@ class _Exchange:
         assert self.session is not None
         self.recorder.message(self.session, Direction.OUT, item, self.pairing)
 
+    def _deferred_since(self) -> float | None:
+        """When the first request held back for the session's start arrived (wall clock)."""
+        return self.deferred[0][1][0] if self.deferred else None
+
     def _open_legacy_session(self, first_reply: Any) -> None:
         """The initialize answer is going out: start the session it opened (or, when it was
         refused, use the logical session), then record the request that opened it."""
@@ -222,6 +228,7 @@ class _Exchange:
                 era,
                 params.get("clientInfo"),
                 mcp_session_id=self.mcp_session,
+                at=self._deferred_since(),
             )
             self.session = sid
             self.scope[AUDIT_SESSION_SCOPE_KEY] = sid
@@ -346,7 +353,10 @@ class StdioTap:
         self.recorder.message(self.session, Direction.OUT, item, self._pairing)
 
     def _start(self, era: str | None, client_info: Any) -> None:
-        self.session = self.recorder.start_session(self.principal, "stdio", era, client_info)
+        began = self._initialize[0][1][0] if self._initialize else None
+        self.session = self.recorder.start_session(
+            self.principal, "stdio", era, client_info, at=began
+        )
 
 
 class _TapRead:
