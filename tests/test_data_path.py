@@ -242,6 +242,7 @@ async def test_opening_without_explain_sends_nothing_of_the_read(pool_and_observ
         result = await read.fetch(max_rows=5)
         assert [row[1] for row in result.rows] == [seen["pid"]]
         assert (await backend(observer))["locked"]
+    await pool.wait_released()  # the ROLLBACK runs in the background after the block
     after = await backend(observer)
     assert after["state"] == "idle" and not after["locked"]
 

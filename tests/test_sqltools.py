@@ -249,6 +249,7 @@ async def test_cancellation_rolls_back_and_keeps_pool_clean(env, how) -> None:
             pool, "SELECT pg_backend_pid(), now() = statement_timestamp(), current_user"
         )
         assert state.rows[0][2] == env.reader
+        await pool.wait_released()  # the read's ROLLBACK runs after its result returned
         # The old backend is either reused (same pid) and idle, or gone: never left running
         # pg_sleep or idle in transaction.
         stuck = admin_value(

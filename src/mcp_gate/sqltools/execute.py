@@ -9,14 +9,24 @@ Read recipe (DESIGN §6; reference note §5 has the measurements behind each ste
    `search_path` for this transaction only. Being a SELECT it also takes the transaction's
    snapshot, after which `SET TRANSACTION READ WRITE` is refused ("must be set before any
    query"); without it, that statement is accepted;
-4. `prepare()` the agent text (extended protocol: one statement only, so `COMMIT; INSERT …`
-   and `SELECT 1; DELETE …` are refused by the server before anything runs);
-5. compare the result's column count with the caller's analysis (`FieldCountMismatch`);
+4. prepare the agent text (extended protocol: one statement only, so `COMMIT; INSERT …`
+   and `SELECT 1; DELETE …` are refused by the server before anything runs) as a named
+   statement in the connection's asyncpg statement cache: a text the connection has
+   prepared before is not parsed again, and steps 4–6 take one round trip (Bind/Execute).
+   PostgreSQL re-analyses a cached statement whose tables changed or that runs under
+   another search_path, and refuses it ("cached plan must not change result type",
+   asyncpg's `InvalidCachedStatementError`) if its columns would change: then the cache is
+   dropped and the read runs again in a new transaction, prepared afresh;
+5. compare the result's column count with the caller's analysis (`FieldCountMismatch`),
+   before any row is fetched;
 6. bind a protocol-level cursor (the unnamed portal) and execute it for at most
    `max_rows + 1` rows, in one round trip;
 7. always `ROLLBACK` together with the session reset (`RESET ROLE`, …) in one round trip,
    shielded from cancellation; if that fails or times out the connection is terminated
-   instead of going back to the pool.
+   instead of going back to the pool. For reads this runs in a task the pool tracks
+   (`GatePool.release_later`) while the result goes back: the read changed nothing, the
+   ROLLBACK is cleanup; pool close waits for those tasks. Writes wait for it (their
+   COMMIT's outcome is the result).
 
 Agent text never reaches `Connection.execute()` (simple protocol, which runs stacked
 statements). Errors come out as `QueryError` (PostgreSQL's message, DETAIL, HINT, SQLSTATE)
@@ -69,6 +79,10 @@ _COUNTED_COMMANDS = frozenset(
 _BIND_EXECUTE = getattr(
     asyncpg.prepared_stmt.PreparedStatement, "_PreparedStatement__bind_execute", None
 )
+# `Connection._prepare(…, use_cache=True)`: `prepare()` through the statement cache keyed by
+# the text (what `fetch()` uses, but `fetch()` has no row limit). Private in asyncpg (0.30-
+# 0.32): without it every read is prepared afresh, one round trip slower.
+_PREPARE_CACHED = getattr(asyncpg.Connection, "_prepare", None)
 
 
 def _ms(value: int, name: str) -> int:
@@ -160,7 +174,7 @@ async def _release(pool: Any, conn: Any, *, rollback: bool) -> None:
             if healthy and hasattr(conn, "mark_reset"):
                 conn.mark_reset()
         except Exception as exc:
-            log.debug("cleanup failed, terminating the connection: %s", type(exc).__name__)
+            log.warning("cleanup failed, terminating the connection: %s", type(exc).__name__)
             healthy = False
         if not healthy:
             # A connection the server closed may already be detached from its pool proxy.
@@ -171,6 +185,17 @@ async def _release(pool: Any, conn: Any, *, rollback: bool) -> None:
                 await pool.release(conn)
         except Exception as exc:  # the pool terminates connections it cannot reset
             log.debug("releasing a connection failed: %s", type(exc).__name__)
+
+
+async def _release_read(pool: Any, conn: Any) -> None:
+    """`_release` (with ROLLBACK) of a read's connection, off the caller's path when the pool
+    tracks background releases (a `GatePool`); on any other pool, before returning. Never
+    suspends with a `GatePool`, so a cancelled caller still hands the connection over."""
+    later = getattr(pool, "release_later", None)
+    if later is None:
+        await _release(pool, conn, rollback=True)
+    else:
+        later(_release(pool, conn, rollback=True))
 
 
 def _begin_sql(
@@ -267,7 +292,13 @@ async def read_transaction(
     try:
         yield conn
     finally:
-        await _release(pool, conn, rollback=True)
+        await _release_read(pool, conn)
+
+
+async def _prepare(conn: Any, sql: str, timeout: float | None) -> Any:
+    if _PREPARE_CACHED is None:
+        return await conn.prepare(sql, timeout=timeout)
+    return await conn._prepare(sql, timeout=timeout, use_cache=True)
 
 
 async def fetch_in_transaction(
@@ -281,24 +312,45 @@ async def fetch_in_transaction(
 ) -> tuple[list[Column], list[tuple[Any, ...]], bool]:
     """Prepare `sql` (one statement, extended protocol), check its column count, and fetch at
     most `max_rows + 1` rows through a protocol-level cursor. Returns (columns, at most
-    `max_rows` rows, truncated). Must run inside a transaction (`read_transaction`)."""
+    `max_rows` rows, truncated). Must run inside a transaction (`read_transaction`).
+
+    The statement comes from the connection's statement cache. Raises
+    `asyncpg.InvalidCachedStatementError` (having dropped the pool's cached statements) when
+    PostgreSQL refuses a cached statement whose columns changed: nothing ran, the transaction
+    is aborted, and the caller runs the read again in a new one."""
     if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 0:
         raise ValueError("max_rows must be a non-negative integer")
-    stmt = await conn.prepare(sql, timeout=timeout)
+    stmt = await _prepare(conn, sql, timeout)
+    # The columns of a cached statement are those it was prepared with: the server refuses
+    # to run it with any others (see above), so the count is checked before any row comes.
     attributes = stmt.get_attributes()
     if expected_columns is not None and len(attributes) != expected_columns:
-        raise FieldCountMismatch(expected_columns, len(attributes))
+        if _PREPARE_CACHED is not None:
+            # Perhaps an outdated cached statement (search_path or table changed since)
+            # against an up-to-date analysis: refuse only what a fresh Parse confirms, else
+            # the stale entry would refuse this text on this connection for good.
+            conn._drop_global_statement_cache()
+            stmt = await _prepare(conn, sql, timeout)
+            attributes = stmt.get_attributes()
+        if len(attributes) != expected_columns:
+            raise FieldCountMismatch(expected_columns, len(attributes))
     columns = [Column(a.name, _type_name(a.type)) for a in attributes]
     # The server is asked for at most max_rows + 1 rows (never 0, which would mean all).
     limit = max_rows + 1
-    if _BIND_EXECUTE is not None:
-        records = await _BIND_EXECUTE(stmt, tuple(params or ()), limit, timeout)
-    else:
-        records = []
-        async for record in stmt.cursor(*(params or ()), prefetch=limit, timeout=timeout):
-            records.append(record)
-            if len(records) >= limit:
-                break
+    try:
+        if _BIND_EXECUTE is not None:
+            records = await _BIND_EXECUTE(stmt, tuple(params or ()), limit, timeout)
+        else:
+            records = []
+            async for record in stmt.cursor(*(params or ()), prefetch=limit, timeout=timeout):
+                records.append(record)
+                if len(records) >= limit:
+                    break
+    except asyncpg.InvalidCachedStatementError:
+        # What asyncpg itself does outside a transaction before its one retry: other
+        # connections of the pool hold the same outdated statement.
+        conn._drop_global_statement_cache()
+        raise
     if not conn.is_in_transaction():
         # COMMIT / ROLLBACK [AND CHAIN] as the agent statement: it could write nothing (one
         # statement, READ ONLY), but it is not a query either.
@@ -334,22 +386,29 @@ async def run_read(
     """
     started = time.perf_counter()
     with map_errors(pool):
-        async with read_transaction(
-            pool,
-            statement_timeout_ms=statement_timeout_ms,
-            lock_timeout_ms=lock_timeout_ms,
-            idle_timeout_ms=idle_timeout_ms,
-            search_path=search_path,
-        ) as conn:
-            columns, rows, truncated = await fetch_in_transaction(
-                conn,
-                sql,
-                params,
-                max_rows=max_rows,
-                expected_columns=expected_columns,
-                timeout=_client_timeout(statement_timeout_ms),
-            )
-            elapsed_ms = (time.perf_counter() - started) * 1000
+        for attempt in (1, 2):
+            try:
+                async with read_transaction(
+                    pool,
+                    statement_timeout_ms=statement_timeout_ms,
+                    lock_timeout_ms=lock_timeout_ms,
+                    idle_timeout_ms=idle_timeout_ms,
+                    search_path=search_path,
+                ) as conn:
+                    columns, rows, truncated = await fetch_in_transaction(
+                        conn,
+                        sql,
+                        params,
+                        max_rows=max_rows,
+                        expected_columns=expected_columns,
+                        timeout=_client_timeout(statement_timeout_ms),
+                    )
+                    elapsed_ms = (time.perf_counter() - started) * 1000
+                break
+            except asyncpg.InvalidCachedStatementError:
+                if attempt == 2:  # changed again meanwhile: reported as a QueryError
+                    raise
+                log.debug("%s: cached statement outdated; reading again", target_of(pool))
     return QueryResult(columns, rows, len(rows), truncated, elapsed_ms)
 
 
@@ -467,40 +526,54 @@ class ExplainedRead:
         self._sql = sql
         self._params = params
         self._limits = limits
-        self._conn: Any = None
+        self._conn: Any = None  # the open transaction, until `fetch` or the block ends
         self._used = False
         self.plan: dict[str, Any] | None = None
         self.error: SqlToolError | ValueError | None = None
 
+    async def _give_back(self, *, wait: bool = False) -> None:
+        """Roll back and release the transaction's connection: in the background unless
+        `wait`."""
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        if wait:
+            await _release(self._pool, conn, rollback=True)
+        else:
+            await _release_read(self._pool, conn)
+
     async def fetch(self, *, max_rows: int, expected_columns: int | None = None) -> QueryResult:
         """The read's rows (see `run_read`), in the transaction its EXPLAIN ran in."""
-        conn, self._conn = (None, None) if self._used else (self._conn, None)
+        conn = None if self._used else self._conn
         self._used = True
-        if conn is not None and _is_dead(conn):
-            # The server ended the idle transaction while the decision was being committed
-            # (idle_in_transaction_session_timeout): nothing of the read ran there.
-            conn = None
-        if conn is None:
-            return await run_read(
-                self._pool,
-                self._sql,
-                list(self._params) if self._params else None,
-                max_rows=max_rows,
-                expected_columns=expected_columns,
-                **self._limits,
-            )
         started = time.perf_counter()
-        with map_errors(self._pool):
-            columns, rows, truncated = await fetch_in_transaction(
-                conn,
-                self._sql,
-                self._params,
-                max_rows=max_rows,
-                expected_columns=expected_columns,
-                timeout=_client_timeout(self._limits["statement_timeout_ms"]),
-            )
-        elapsed_ms = (time.perf_counter() - started) * 1000
-        return QueryResult(columns, rows, len(rows), truncated, elapsed_ms)
+        if conn is not None and not _is_dead(conn):
+            with map_errors(self._pool):
+                try:
+                    columns, rows, truncated = await fetch_in_transaction(
+                        conn,
+                        self._sql,
+                        self._params,
+                        max_rows=max_rows,
+                        expected_columns=expected_columns,
+                        timeout=_client_timeout(self._limits["statement_timeout_ms"]),
+                    )
+                    elapsed_ms = (time.perf_counter() - started) * 1000
+                    return QueryResult(columns, rows, len(rows), truncated, elapsed_ms)
+                except asyncpg.InvalidCachedStatementError:
+                    pass  # an outdated cached statement, nothing ran: read again below
+        # The server ended the idle transaction while the decision was being committed
+        # (idle_in_transaction_session_timeout), or refused an outdated cached statement:
+        # nothing of the read ran there. Its connection goes back before taking another.
+        await self._give_back()
+        return await run_read(
+            self._pool,
+            self._sql,
+            list(self._params) if self._params else None,
+            max_rows=max_rows,
+            expected_columns=expected_columns,
+            **self._limits,
+        )
 
 
 @asynccontextmanager
@@ -532,28 +605,27 @@ async def explained_read(
         "search_path": search_path,
     }
     read = ExplainedRead(pool, sql, params, limits)
-    conn = None
     try:
         with map_errors(pool):
-            conn = await _begin(pool, _BEGIN_READ, acquire_timeout=ACQUIRE_TIMEOUT_S, **limits)
-            read._conn = conn
+            read._conn = await _begin(
+                pool, _BEGIN_READ, acquire_timeout=ACQUIRE_TIMEOUT_S, **limits
+            )
             if explain:
                 read.plan = await _explain_in_transaction(
-                    conn, sql, params, _client_timeout(statement_timeout_ms)
+                    read._conn, sql, params, _client_timeout(statement_timeout_ms)
                 )
     except (SqlToolError, ValueError) as exc:
         read.error = exc
-        read._conn = None
-        if conn is not None:
-            # An aborted transaction: give the connection back now, not after the decision.
-            await _release(pool, conn, rollback=True)
-            conn = None
+        # An aborted transaction: back in the pool before the caller decides on the unknown
+        # estimate (a rare path, not worth a task).
+        await read._give_back(wait=True)
+    except BaseException:
+        await read._give_back()
+        raise
     try:
         yield read
     finally:
-        read._conn = None
-        if conn is not None:
-            await _release(pool, conn, rollback=True)
+        await read._give_back()
 
 
 async def explain(

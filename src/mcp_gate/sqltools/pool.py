@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Coroutine
 from typing import Any
 
 import asyncpg
@@ -60,16 +61,54 @@ class GateConnection(asyncpg.Connection):
 
 
 class GatePool(asyncpg.Pool):
-    """An asyncpg pool plus the gateway's bookkeeping (never the password in its repr)."""
+    """An asyncpg pool plus the gateway's bookkeeping (never the password in its repr), and
+    the background tasks that give its connections back (`release_later`)."""
 
-    __slots__ = ("name", "secrets", "target")
+    __slots__ = ("_releasing", "name", "secrets", "target")
 
     name: str
     target: str
     secrets: tuple[str, ...]
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._releasing: set[asyncio.Task[None]] = set()
+        super().__init__(*args, **kwargs)
+
     def __repr__(self) -> str:
         return f"<GatePool {self.name!r} {self.target}>"
+
+    def release_later(self, cleanup: Coroutine[Any, Any, None]) -> None:
+        """Run `cleanup` (a connection's rollback, reset and release) in a task the pool
+        tracks: `close()` waits for it, `terminate()` cancels it. Its errors are logged."""
+        task = asyncio.get_running_loop().create_task(cleanup)
+        self._releasing.add(task)
+        task.add_done_callback(self._released)
+
+    def _released(self, task: asyncio.Task[None]) -> None:
+        self._releasing.discard(task)
+        exc = None if task.cancelled() else task.exception()
+        if exc is not None:  # a bug: the cleanup itself catches what the database raises
+            log.error(
+                "%s: releasing a connection failed: %s: %s",
+                self.name, type(exc).__name__, scrub(str(exc), self.secrets),
+            )  # fmt: skip
+
+    async def wait_released(self) -> None:
+        """Wait until every connection given back with `release_later` is back in the pool
+        (or terminated)."""
+        while self._releasing:
+            await asyncio.gather(*self._releasing, return_exceptions=True)
+
+    async def close(self) -> None:
+        """Wait for the pending releases, then close every connection (asyncpg's close)."""
+        await self.wait_released()
+        await super().close()
+
+    def terminate(self) -> None:
+        """Cancel the pending releases and terminate every connection at once."""
+        for task in list(self._releasing):
+            task.cancel()
+        super().terminate()
 
 
 def reset_query(conn: asyncpg.Connection) -> str:
