@@ -184,6 +184,7 @@ async def test_the_read_runs_in_the_transaction_its_explain_ran_in(pool, observe
         assert await advisory_holders(observer) == [(pid, vxid, True)]
         assert await vxid_of(observer, pid) == vxid
         assert not await observer.fetchval("SELECT pg_try_advisory_lock($1)", LOCK_KEY)
+    await pool.wait_released()  # the ROLLBACK runs in the background after the block
     assert await advisory_holders(observer) == []
     assert {b["state"] for b in await pool_backends(observer)} == {"idle"}
 
@@ -235,6 +236,7 @@ async def test_a_failed_explain_frees_its_connection(env: Env, pool, observer, c
             async with explained_read(pool, f"SELECT {i} AS n", None, **LIMITS) as ok:
                 assert ok.plan is not None, ok.error
                 assert (await ok.fetch(max_rows=1)).rows == [(i,)]
+    await pool.wait_released()  # the ROLLBACK runs in the background after the block
     backends = await pool_backends(observer)
     assert len(backends) == POOL_SIZE and {b["state"] for b in backends} == {"idle"}
 
