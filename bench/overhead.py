@@ -1,10 +1,13 @@
 """Benchmark: what the gateway costs on the data path (issue "Serve").
 
-Two servers on one embedded PostgreSQL with the demo's sample data, each in its own process:
+Three servers on one embedded PostgreSQL with the demo's sample data, each in its own process:
   - baseline: a plain MCP SDK server whose `sql_query` runs the SQL on an asyncpg pool
     (bench/baseline_server.py: no auth, no inspection, no policy, no read-only recipe);
   - mcp-gate: `mcp-gate serve` with the dev issuer, bearer auth, inspection, policy, the
-    read-only transaction recipe and the verdict in `_meta`.
+    read-only transaction recipe and the verdict in `_meta`;
+  - mcp-gate, no estimate rule: the same with the bulk-export rule removed, so that the cost
+    of a rule on `estimated_rows` (an EXPLAIN, and a decision commit that nothing overlaps)
+    shows by difference.
 Same queries, same client code, both protocol eras, in one run.
 
 Targets: median latency ≤ 1.3× the baseline; throughput with 16 concurrent clients ≥ 0.8×
@@ -64,6 +67,8 @@ QUERIES = [
 ERAS = {"legacy": "legacy", "modern": "2026-07-28"}
 #: Far above the big table's 1,000,000 rows: the estimate is still needed, never exceeded.
 BULK_EXPORT_ROWS = 1_000_000_000
+#: The same gateway with no rule on `estimated_rows`: what the estimate costs, by difference.
+NO_ESTIMATE = "mcp-gate, no estimate rule"
 
 
 class Refused(RuntimeError):
@@ -180,25 +185,32 @@ def prepare_database(server: EmbeddedPostgres) -> tuple[str, str, str]:
     return reader_pw, reader_dsn, f"postgresql://gate_reader@{server.host}:{server.port}/bench"
 
 
-def write_policy(folder: Path) -> Path:
-    """The sample policy with only the "bulk export" threshold raised (see the docstring)."""
+def write_policy(folder: Path, estimate: bool = True) -> Path:
+    """The sample policy with the "bulk export" threshold raised (see the docstring), or,
+    with `estimate=False`, without that rule: no rule needs an estimate, nothing is explained."""
     text = (ROOT / "policies.toml").read_text()
     rule = re.compile(r'(name = "bulk export".*?estimated_rows = \{ gt = )\d+', re.DOTALL)
     text, found = rule.subn(rf"\g<1>{BULK_EXPORT_ROWS}", text, count=1)
     if not found:
         raise SystemExit('policies.toml has no "bulk export" rule with estimated_rows.gt')
-    path = folder / "policies.toml"
+    if not estimate:
+        whole = re.compile(r'\[\[rule\]\]\nname = "bulk export".*?(?=\n\[\[)', re.DOTALL)
+        text, found = whole.subn("", text, count=1)
+        if not found or "estimated_rows" in text:
+            raise SystemExit('cannot drop the "bulk export" rule from policies.toml')
+    path = folder / ("policies.toml" if estimate else "policies-no-estimate.toml")
     path.write_text(text)
     return path
 
 
-def write_gateway_config(folder: Path, port: int, dsn: str) -> Path:
-    path = folder / "mcp-gate.toml"
+def write_gateway_config(folder: Path, port: int, dsn: str, estimate: bool = True) -> Path:
+    name = "mcp-gate.toml" if estimate else "mcp-gate-no-estimate.toml"
+    path = folder / name
     path.write_text(
         f"""[server]
 listen = "127.0.0.1:{port}"
-policies = "{write_policy(folder).as_posix()}"
-data_dir = "state"
+policies = "{write_policy(folder, estimate).as_posix()}"
+data_dir = "{"state" if estimate else "state-no-estimate"}"
 [auth]
 dev_issuer = true
 [connections.demo]
@@ -208,6 +220,15 @@ max_rows = 1000
 """
     )
     return path
+
+
+def bench_token(config: Path) -> str:
+    """A developer's token from the dev issuer of the gateway of `config`."""
+    return subprocess.run(
+        [sys.executable, "-m", "mcp_gate", "token", "--config", str(config), "--sub", "bench",
+         "--groups", "developers"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
 
 
 def main() -> None:
@@ -226,25 +247,31 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="mcp-gate-bench-"))
     try:
         reader_pw, reader_dsn_pw, reader_dsn = prepare_database(server)
-        gate_port, base_port = free_port(), free_port()
+        gate_port, plain_port, base_port = free_port(), free_port(), free_port()
         config = write_gateway_config(folder, gate_port, reader_dsn)
+        plain = write_gateway_config(folder, plain_port, reader_dsn, estimate=False)
         env = {"BENCH_READER_PW": reader_pw}
         gate_cmd = [sys.executable, "-m", "mcp_gate", "serve", "--config", str(config)]
+        plain_cmd = [sys.executable, "-m", "mcp_gate", "serve", "--config", str(plain)]
         base_cmd = [
             sys.executable,
             str(BENCH / "baseline_server.py"),
             str(base_port),
             reader_dsn_pw,
         ]
-        token = subprocess.run(
-            [sys.executable, "-m", "mcp_gate", "token", "--config", str(config), "--sub",
-             "bench", "--groups", "developers"],
-            capture_output=True, text=True, check=True,
-        ).stdout.strip()  # fmt: skip
-        with process(gate_cmd, gate_port, env) as gate, process(base_cmd, base_port, env) as base:
+        with (
+            process(gate_cmd, gate_port, env) as gate,
+            process(plain_cmd, plain_port, env) as plain_gate,
+            process(base_cmd, base_port, env) as base,
+        ):
             targets = {
                 "baseline": (f"http://127.0.0.1:{base_port}/mcp", None, base),
-                "mcp-gate": (f"http://127.0.0.1:{gate_port}/mcp", token, gate),
+                "mcp-gate": (f"http://127.0.0.1:{gate_port}/mcp", bench_token(config), gate),
+                NO_ESTIMATE: (
+                    f"http://127.0.0.1:{plain_port}/mcp",
+                    bench_token(plain),
+                    plain_gate,
+                ),
             }
             figures: dict[tuple[str, str], dict[str, float]] = {}
             for era_name, era in ERAS.items():
@@ -280,7 +307,9 @@ def main() -> None:
         f"{platform.python_version()}; client, both servers and PostgreSQL share the machine. "
         f"{args.rounds} rounds of {args.calls} sequential calls (medians over all calls) and "
         f"{args.clients} concurrent clients × 20 calls (median of the rounds), rotating over "
-        f"{len(QUERIES)} queries (point lookup, join with aggregate, ordered page).",
+        f"{len(QUERIES)} queries (point lookup, join with aggregate, ordered page). "
+        f"`{NO_ESTIMATE}`: the same policy without its bulk-export rule, so no read is "
+        "explained (the other two queries need the EXPLAIN; the LIMIT page does not).",
         "",
         "| era | server | p50 ms | p95 ms | ratio p50 | calls/s (16 clients) | ratio |",
         "|---|---|---:|---:|---:|---:|---:|",
