@@ -323,6 +323,20 @@ def main() -> None:
                 f"| {era_name} | {name} | {f['p50']:.2f} | {f['p95']:.2f} | {lat_ratio:.2f}× | "
                 f"{f['tput']:.0f} | {tput_ratio:.2f}× |"
             )
+    for name in targets:
+        if name == "baseline":
+            continue
+        worst_p50 = max(figures[(e, name)]["p50"] / figures[(e, "baseline")]["p50"] for e in ERAS)
+        worst_tput = min(
+            figures[(e, name)]["tput"] / figures[(e, "baseline")]["tput"] for e in ERAS
+        )
+        lines += [
+            "",
+            f"**{name}: p50 at most {worst_p50:.2f}× the baseline** "
+            f"({'meets' if worst_p50 <= 1.3 else 'MISSES'} ≤ 1.3×), "
+            f"**throughput at least {worst_tput:.2f}×** "
+            f"({'meets' if worst_tput >= 0.8 else 'MISSES'} ≥ 0.8×).",
+        ]
     lines += [
         "",
         "`SELECT * FROM big` (1,000,000 rows) with `max_rows=1000`: peak RSS of the server",
