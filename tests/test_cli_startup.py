@@ -1,5 +1,6 @@
 """The command line starts fast: commands that do not run the gateway never load its stack
-(the MCP SDK, SQL parsers), and `mcp-gate --help` lists each command on one line."""
+(the MCP SDK, SQL parsers, the PostgreSQL driver), and `mcp-gate --help` lists each command on
+one line."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import pytest
 from gateway_helpers import MCP_GATE, write_config
 from mcp_gate.audit import AuditEvent, EventKind, SqliteAuditStore
 
-HEAVY = ("mcp", "sqlglot", "pglast", "textual", "starlette", "uvicorn")
+HEAVY = ("mcp", "sqlglot", "pglast", "textual", "starlette", "uvicorn", "asyncpg")
 # Runs one command in this interpreter, then reports which heavy modules it had loaded.
 PROBE = """
 import json, sys

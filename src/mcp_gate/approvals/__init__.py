@@ -9,6 +9,8 @@ load starlette.
 
 from __future__ import annotations
 
+from typing import Any
+
 from .model import (
     ApprovalDecision,
     ApprovalError,
@@ -21,9 +23,19 @@ from .model import (
     arguments_digest,
 )
 from .notify import Notifier, Subscription, WebhookSender
-from .pg_store import PostgresApprovalStore
 from .service import ApprovalService
 from .store import ApprovalStore, SqliteApprovalStore, StoreError
+
+
+def __getattr__(name: str) -> Any:
+    # The PostgreSQL store loads asyncpg: only when it is asked for (PEP 562), not for
+    # `mcp-gate approvals list`, which only talks to a gateway.
+    if name == "PostgresApprovalStore":
+        from .pg_store import PostgresApprovalStore
+
+        return PostgresApprovalStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "ApprovalDecision",
