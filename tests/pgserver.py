@@ -10,6 +10,9 @@ Helpers (plain functions, usable from sync and async code):
 - `create_database(admin_dsn, name)` / `drop_database(admin_dsn, name)`;
 - `create_reader_role(admin_dsn, database, role, password, …)`: a login role with SELECT-only
   grants, the gateway's reader role;
+- `reader_database(module_db, *setup_sql, …)`: test-owned SQL run in a module's database and a
+  reader role on it, dropped afterwards;
+- `connected(dsn)`: one asyncpg connection, closed afterwards;
 - `module_db` (module-scoped fixture): a fresh `test_<module>_<rand>` database per test module.
 """
 
@@ -22,7 +25,7 @@ import os
 import re
 import secrets
 import urllib.parse
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -145,6 +148,16 @@ def drop_role(admin_dsn: str, role: str, databases: tuple[str, ...] = ()) -> Non
     admin_execute(admin_dsn, f"DROP ROLE IF EXISTS {r}")
 
 
+@contextlib.asynccontextmanager
+async def connected(dsn: str) -> AsyncIterator[asyncpg.Connection]:
+    """One asyncpg connection to `dsn` (e.g. a superuser watching the gateway's sessions)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
 # --------------------------------------------------------------------------- fixtures
 
 
@@ -190,9 +203,33 @@ def module_db(pg_dsn: str, request: pytest.FixtureRequest) -> Iterator[TestDatab
         drop_database(pg_dsn, name)
 
 
+@contextlib.contextmanager
+def reader_database(
+    db: TestDatabase,
+    *setup_sql: str,
+    prefix: str = "reader",
+    schemas: tuple[str, ...] = ("public",),
+) -> Iterator[tuple[str, str]]:
+    """Runs `setup_sql` (trusted, as the superuser) in `db`, then creates a reader role
+    (`create_reader_role` on `schemas`, its name from `prefix`) with a random password.
+
+    Yields (the role's DSN without its password, the password), as the gateway is given them;
+    the role and everything it owns are dropped afterwards.
+    """
+    admin_execute(db.dsn, *setup_sql)
+    role, password = unique_name(prefix), "Rd-" + secrets.token_urlsafe(12)
+    dsn = create_reader_role(db.admin_dsn, db.name, role, password, schemas=schemas)
+    try:
+        yield dsn_with(dsn, password=""), password
+    finally:
+        admin_execute(db.dsn, f"DROP OWNED BY {quote_ident(role)}")
+        drop_role(db.admin_dsn, role)
+
+
 __all__ = [
     "TestDatabase",
     "admin_execute",
+    "connected",
     "create_database",
     "create_reader_role",
     "drop_database",
@@ -203,6 +240,7 @@ __all__ = [
     "pg_dsn",
     "quote_ident",
     "quote_literal",
+    "reader_database",
     "run_sync",
     "unique_name",
 ]

@@ -23,19 +23,20 @@ import asyncpg
 import pytest
 
 from gateway_helpers import Gateway, text_of
-from mcp_gate.sqltools import create_pool, execute, run_read
+from mcp_gate.sqltools import execute, run_read
 from mcp_gate.sqltools.execute import explained_read
 from mcp_gate.sqltools.pool import APPLICATION_NAME
 from pgserver import (
     TestDatabase,
     admin_execute,
-    create_reader_role,
-    drop_role,
+    connected,
     dsn_with,
     quote_ident,
+    reader_database,
     run_sync,
     unique_name,
 )
+from pool_helpers import reader_pool
 from shop_helpers import Shop, sample_shop, shop_gateway
 
 pytestmark = pytest.mark.anyio
@@ -94,11 +95,8 @@ def gateway(
 
 
 async def table_exists(dsn: str, name: str) -> bool:
-    conn = await asyncpg.connect(dsn)
-    try:
+    async with connected(dsn) as conn:
         return await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", name)
-    finally:
-        await conn.close()
 
 
 def own_decision_query(bounded: bool) -> tuple[str, str]:
@@ -126,16 +124,13 @@ async def test_a_read_sees_its_own_decision_committed(
 
 
 async def pool_states(shop: Shop) -> list[str]:
-    conn = await asyncpg.connect(shop.dsn)
-    try:
+    async with connected(shop.dsn) as conn:
         rows = await conn.fetch(
             "SELECT state FROM pg_stat_activity WHERE datname = current_database()"
             " AND usename = $1 AND application_name = $2",
             shop.reader_role,
             APPLICATION_NAME,
         )
-    finally:
-        await conn.close()
     return [r["state"] for r in rows]
 
 
@@ -164,8 +159,7 @@ async def test_a_decision_that_cannot_be_committed_runs_nothing(
             result = await client.call_tool("sql_query", {"sql": sql})
             assert not result.is_error, text_of(result)
             assert result.structured_content["rows"] == [[1]]
-    conn = await asyncpg.connect(shop.dsn)
-    try:
+    async with connected(shop.dsn) as conn:
         for _, marker in refused:
             count = await conn.fetchval(
                 "SELECT count(*) FROM public.audit_events WHERE kind = 'decision'"
@@ -173,8 +167,6 @@ async def test_a_decision_that_cannot_be_committed_runs_nothing(
                 marker,
             )
             assert count == 0  # the refused decisions were never committed
-    finally:
-        await conn.close()
     assert "idle in transaction" not in await pool_states(shop)
 
 
@@ -190,32 +182,20 @@ LOCKING_READ = (
 
 @pytest.fixture(scope="module")
 def items_db(module_db: TestDatabase) -> Iterator[tuple[str, str]]:
-    admin_execute(
-        module_db.dsn,
+    with reader_database(
+        module_db,
         "CREATE TABLE items (id int PRIMARY KEY)",
         "INSERT INTO items SELECT generate_series(1, 10)",
-    )
-    role, password = unique_name("reader"), "Rd-" + secrets.token_urlsafe(12)
-    dsn = create_reader_role(module_db.admin_dsn, module_db.name, role, password)
-    try:
-        yield dsn_with(dsn, password=""), password
-    finally:
-        admin_execute(module_db.dsn, f"DROP OWNED BY {quote_ident(role)}")
-        drop_role(module_db.admin_dsn, role)
+    ) as credentials:
+        yield credentials
 
 
 @pytest.fixture
 async def pool_and_observer(
     items_db: tuple[str, str], module_db: TestDatabase
 ) -> AsyncIterator[tuple[Any, asyncpg.Connection]]:
-    dsn, password = items_db
-    pool = await create_pool(dsn, password=password, min_size=1, max_size=1)
-    observer = await asyncpg.connect(module_db.dsn)
-    try:
+    async with reader_pool(*items_db) as pool, connected(module_db.dsn) as observer:
         yield pool, observer
-    finally:
-        await observer.close()
-        await pool.close()
 
 
 async def backend(observer: asyncpg.Connection) -> asyncpg.Record:

@@ -29,8 +29,8 @@ from approval_helpers import db_value
 from gateway_helpers import Gateway, text_of
 from mcp_gate.audit import EventKind, SqliteAuditStore
 from mcp_gate.audit.model import AuditEvent
-from pgserver import admin_execute, dsn_with, quote_ident, unique_name
-from shop_helpers import Shop, sample_policy, sample_shop, shop_gateway
+from pgserver import admin_execute, quote_ident, quote_literal
+from shop_helpers import Shop, pg_store, sample_policy, sample_shop, shop_gateway
 
 pytestmark = [pytest.mark.slow, pytest.mark.anyio]
 
@@ -155,35 +155,20 @@ def gateway_on_store(
         with shop_gateway(shop, folder, sample_policy()) as gw:
             yield gw, lambda: shutil.rmtree(store_file(gw).parent), shop.secrets
         return
-    role, database = unique_name("audit_owner"), unique_name("audit_store")
-    password = "St-" + secrets.token_urlsafe(12)
-    admin_execute(
-        pg_dsn,
-        f"CREATE ROLE {quote_ident(role)} LOGIN PASSWORD '{password}'",
-        f"CREATE DATABASE {quote_ident(database)} OWNER {quote_ident(role)}",
-    )
-    store = dsn_with(pg_dsn, database=database, user=role, password="")
+    with pg_store(pg_dsn) as store:
 
-    def stop() -> None:
-        admin_execute(
-            pg_dsn,
-            f"ALTER ROLE {quote_ident(role)} NOLOGIN",
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-            f" WHERE usename = '{role}' AND pid <> pg_backend_pid()",
-        )
+        def stop() -> None:
+            admin_execute(
+                pg_dsn,
+                f"ALTER ROLE {quote_ident(store.owner)} NOLOGIN",
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                f" WHERE usename = {quote_literal(store.owner)} AND pid <> pg_backend_pid()",
+            )
 
-    try:
         with shop_gateway(
-            shop,
-            folder,
-            sample_policy(),
-            server_extra=f'store = "{store}"\nstore_password_env = "GATE_TEST_STORE_PW"',
-            env={"GATE_TEST_STORE_PW": password},
+            shop, folder, sample_policy(), server_extra=store.server, env=store.env
         ) as gw:
-            yield gw, stop, (*shop.secrets, password)
-    finally:
-        admin_execute(pg_dsn, f"DROP DATABASE IF EXISTS {quote_ident(database)} WITH (FORCE)")
-        admin_execute(pg_dsn, f"DROP ROLE IF EXISTS {quote_ident(role)}")
+            yield gw, stop, (*shop.secrets, store.password)
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import secrets
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -25,15 +24,8 @@ from mcp_gate.inspect.sql import inspect_sql
 from mcp_gate.sqltools import QueryError, create_pool, explain, run_read
 from mcp_gate.sqltools.estimate import estimate_rows
 from mcp_gate.sqltools.execute import explained_read
-from mcp_gate.sqltools.pool import APPLICATION_NAME
-from pgserver import (
-    TestDatabase,
-    admin_execute,
-    create_reader_role,
-    drop_role,
-    dsn_with,
-    unique_name,
-)
+from pgserver import TestDatabase, connected, reader_database
+from pool_helpers import pool_backends, reader_pool
 
 pytestmark = pytest.mark.anyio
 
@@ -62,46 +54,22 @@ class Env:
 
 @pytest.fixture(scope="module")
 def env(module_db: TestDatabase) -> Iterator[Env]:
-    admin_execute(module_db.dsn, SCHEMA)
-    role = unique_name("reader")
-    password = "Rd-" + secrets.token_urlsafe(12)
-    dsn = create_reader_role(module_db.admin_dsn, module_db.name, role, password)
-    try:
-        yield Env(module_db, dsn_with(dsn, password=""), password)
-    finally:
-        admin_execute(module_db.dsn, f'DROP OWNED BY "{role}"')
-        drop_role(module_db.admin_dsn, role)
+    with reader_database(module_db, SCHEMA) as (dsn, password):
+        yield Env(module_db, dsn, password)
 
 
 @pytest.fixture
 async def pool(env: Env) -> AsyncIterator[Any]:
     """The gateway's pool as `serve` makes it (reader role, application_name mcp-gate)."""
-    gate_pool = await create_pool(
-        env.reader_dsn, password=env.password, min_size=POOL_SIZE, max_size=POOL_SIZE
-    )
-    try:
+    async with reader_pool(env.reader_dsn, env.password, POOL_SIZE) as gate_pool:
         yield gate_pool
-    finally:
-        await gate_pool.close()
 
 
 @pytest.fixture
 async def observer(env: Env) -> AsyncIterator[asyncpg.Connection]:
     """A superuser connection outside the pool, watching it."""
-    conn = await asyncpg.connect(env.db.dsn)
-    try:
+    async with connected(env.db.dsn) as conn:
         yield conn
-    finally:
-        await conn.close()
-
-
-async def pool_backends(observer: asyncpg.Connection) -> list[asyncpg.Record]:
-    """The pool's server backends in this database: pid, state, last query."""
-    return await observer.fetch(
-        "SELECT pid, state, query, wait_event_type FROM pg_stat_activity"
-        " WHERE datname = current_database() AND application_name = $1 ORDER BY pid",
-        APPLICATION_NAME,
-    )
 
 
 async def vxid_of(observer: asyncpg.Connection, pid: int) -> str | None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -17,16 +16,8 @@ import pytest
 from mcp_gate.sqltools import create_pool, run_read
 from mcp_gate.sqltools.errors import FieldCountMismatch
 from mcp_gate.sqltools.execute import explained_read
-from mcp_gate.sqltools.pool import APPLICATION_NAME
-from pgserver import (
-    TestDatabase,
-    admin_execute,
-    create_reader_role,
-    drop_role,
-    dsn_with,
-    quote_ident,
-    unique_name,
-)
+from pgserver import TestDatabase, admin_execute, connected, reader_database
+from pool_helpers import pool_backends, reader_pool
 
 pytestmark = pytest.mark.anyio
 
@@ -37,8 +28,8 @@ SCHEMAS = ("public", "sa", "sb")
 @pytest.fixture(scope="module")
 def reader(module_db: TestDatabase) -> Iterator[tuple[str, str]]:
     """A SELECT-only role on `public`, `sa` and `sb`, each with its own table `t`."""
-    admin_execute(
-        module_db.dsn,
+    with reader_database(
+        module_db,
         "CREATE SCHEMA sa",
         "CREATE SCHEMA sb",
         "CREATE TABLE public.items (id int PRIMARY KEY)",
@@ -47,47 +38,27 @@ def reader(module_db: TestDatabase) -> Iterator[tuple[str, str]]:
         "INSERT INTO sa.t VALUES (1)",
         "CREATE TABLE sb.t (v int)",
         "INSERT INTO sb.t VALUES (2)",
-    )
-    role, password = unique_name("reader"), "Rd-" + secrets.token_urlsafe(12)
-    dsn = create_reader_role(module_db.admin_dsn, module_db.name, role, password, schemas=SCHEMAS)
-    try:
-        yield dsn_with(dsn, password=""), password
-    finally:
-        admin_execute(module_db.dsn, f"DROP OWNED BY {quote_ident(role)}")
-        drop_role(module_db.admin_dsn, role)
+        schemas=SCHEMAS,
+    ) as credentials:
+        yield credentials
 
 
 @pytest.fixture
 async def pool(reader: tuple[str, str]) -> AsyncIterator[Any]:
     """A pool of one connection: every read of a test meets the previous one's statements."""
-    dsn, password = reader
-    gate_pool = await create_pool(dsn, password=password, min_size=1, max_size=1)
-    try:
+    async with reader_pool(*reader) as gate_pool:
         yield gate_pool
-    finally:
-        await gate_pool.close()
 
 
 @pytest.fixture
 async def observer(module_db: TestDatabase) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(module_db.dsn)
-    try:
+    async with connected(module_db.dsn) as conn:
         yield conn
-    finally:
-        await conn.close()
 
 
 async def read(pool: Any, sql: str, *, search_path: str = "public", **kw: Any) -> Any:
     return await run_read(pool, sql, kw.pop("params", None), max_rows=100, search_path=search_path,
                           **LIMITS, **kw)  # fmt: skip
-
-
-async def backends(observer: asyncpg.Connection) -> list[asyncpg.Record]:
-    return await observer.fetch(
-        "SELECT pid, state, query FROM pg_stat_activity"
-        " WHERE datname = current_database() AND application_name = $1",
-        APPLICATION_NAME,
-    )
 
 
 async def ddl(pool: Any, module_db: TestDatabase, *statements: str) -> None:
@@ -110,7 +81,7 @@ async def test_the_result_returns_before_the_rollback_which_the_pool_tracks(pool
     assert len(pool._releasing) == 1  # not awaited by the read
     await pool.wait_released()
     assert not pool._releasing
-    [seen] = await backends(observer)
+    [seen] = await pool_backends(observer)
     assert (seen["pid"], seen["state"]) == (pid, "idle")
     assert seen["query"].startswith("ROLLBACK;\nRESET ROLE;")
     assert not await observer.fetchval(
@@ -132,7 +103,7 @@ async def test_a_failed_cleanup_terminates_the_connection(pool, observer, module
     fresh = (await read(pool, "SELECT pg_catalog.pg_backend_pid()")).rows[0][0]
     assert fresh != pid
     await pool.wait_released()
-    assert [(b["pid"], b["state"]) for b in await backends(observer)] == [(fresh, "idle")]
+    assert [(b["pid"], b["state"]) for b in await pool_backends(observer)] == [(fresh, "idle")]
 
 
 async def test_close_waits_for_pending_releases(reader, observer) -> None:
@@ -150,10 +121,10 @@ async def test_close_waits_for_pending_releases(reader, observer) -> None:
     assert tasks[0].done() and not tasks[0].cancelled() and tasks[0].exception() is None
     assert not gate_pool._releasing
     for _ in range(50):  # the backend exits just after the client closed its socket
-        if not await backends(observer):
+        if not await pool_backends(observer):
             break
         await asyncio.sleep(0.05)
-    assert await backends(observer) == []
+    assert await pool_backends(observer) == []
 
 
 async def test_terminate_cancels_pending_releases(reader) -> None:
@@ -181,7 +152,7 @@ async def test_a_cancelled_read_is_rolled_back(pool, observer) -> None:
     with anyio.move_on_after(0.3):
         await read(pool, "SELECT pg_catalog.pg_sleep(5)")
     await pool.wait_released()
-    assert {b["state"] for b in await backends(observer)} == {"idle"}
+    assert {b["state"] for b in await pool_backends(observer)} == {"idle"}
     assert (await read(pool, "SELECT 1 AS n")).rows == [(1,)]
 
 

@@ -5,7 +5,6 @@ estimate (checked on a real PostgreSQL), and anything doubtful has no bound.
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Iterator
 
 import pytest
@@ -14,15 +13,9 @@ from mcp_gate.calls import Principal, ToolCall
 from mcp_gate.inspect.model import Inspection
 from mcp_gate.inspect.sql import inspect_sql
 from mcp_gate.policy.loader import parse_policy
-from mcp_gate.sqltools import create_pool, explain
-from pgserver import (
-    TestDatabase,
-    admin_execute,
-    create_reader_role,
-    drop_role,
-    dsn_with,
-    unique_name,
-)
+from mcp_gate.sqltools import explain
+from pgserver import TestDatabase, reader_database
+from pool_helpers import reader_pool
 
 BOUNDED = {
     "SELECT id FROM items ORDER BY id LIMIT 20": 20,
@@ -99,19 +92,14 @@ def test_anything_else_has_no_bound(sql: str) -> None:
 @pytest.fixture(scope="module")
 def planner_db(module_db: TestDatabase) -> Iterator[tuple[str, str]]:
     """A table of 5000 rows, analysed, and a reader role that may read it."""
-    admin_execute(
-        module_db.dsn,
+    with reader_database(
+        module_db,
         "CREATE TABLE items (id int PRIMARY KEY, grp int NOT NULL)",
         "INSERT INTO items SELECT g, g % 10 FROM generate_series(1, 5000) g",
         "ANALYZE items",
-    )
-    role, password = unique_name("bound_reader"), "Rd-" + secrets.token_urlsafe(12)
-    dsn = create_reader_role(module_db.admin_dsn, module_db.name, role, password)
-    try:
-        yield dsn_with(dsn, password=""), password
-    finally:
-        admin_execute(module_db.dsn, f'DROP OWNED BY "{role}"')
-        drop_role(module_db.admin_dsn, role)
+        prefix="bound_reader",
+    ) as credentials:
+        yield credentials
 
 
 @pytest.mark.anyio
@@ -120,17 +108,13 @@ async def test_the_bound_is_never_below_the_planners_estimate(
 ) -> None:
     """What makes skipping the EXPLAIN exact: for every bounded read, the planner's own
     estimate (what `estimated_rows` rules compare) is at most the bound."""
-    dsn, password = planner_db
-    pool = await create_pool(dsn, password=password, min_size=1, max_size=1)
-    try:
+    async with reader_pool(*planner_db) as pool:
         for sql, bound in BOUNDED.items():
             plan = await explain(pool, sql)
             assert plan["estimated_rows"] <= bound, (sql, plan["estimated_rows"])
         # The unbounded shapes the planner really estimates above a small LIMIT's bound.
         for sql in ("SELECT id FROM items OFFSET 5", "SELECT id FROM items LIMIT 2 + 3000"):
             assert (await explain(pool, sql))["estimated_rows"] > 20
-    finally:
-        await pool.close()
 
 
 # --------------------------------------------------------------------------- engine
