@@ -27,14 +27,21 @@ if sys.path and sys.path[0].rstrip("/").endswith("bench"):
 import argparse
 import shutil
 import statistics
-import subprocess
 import tempfile
 from pathlib import Path
 
 import anyio
 
 from mcp_gate.demo.embedded import free_port, start_embedded_postgres
-from overhead import ERAS, latencies, prepare_database, process, throughput, write_gateway_config
+from overhead import (
+    ERAS,
+    bench_token,
+    latencies,
+    prepare_database,
+    process,
+    throughput,
+    write_gateway_config,
+)
 
 TARGET = 0.90  # throughput with recording ≥ 90% of the same gateway without
 
@@ -65,8 +72,8 @@ def recording_overhead(
         with process(on_cmd, on_port, env), process(off_cmd, off_port, env):
             # Each gateway is its own dev issuer (the issuer is its URL): a token for each.
             targets = {
-                "recording off": (f"http://127.0.0.1:{off_port}/mcp", _token(off_config)),
-                "recording on": (f"http://127.0.0.1:{on_port}/mcp", _token(on_config)),
+                "recording off": (f"http://127.0.0.1:{off_port}/mcp", bench_token(off_config)),
+                "recording on": (f"http://127.0.0.1:{on_port}/mcp", bench_token(on_config)),
             }
             names = list(targets)
             for era_name, era in ERAS.items():
@@ -112,14 +119,6 @@ def recording_overhead(
         f"({verdict} ≥ {TARGET:.2f}×, i.e. at most 10% slower)"
     )
     return lines, summary, worst
-
-
-def _token(config: Path) -> str:
-    return subprocess.run(
-        [sys.executable, "-m", "mcp_gate", "token", "--config", str(config), "--sub", "bench",
-         "--groups", "developers"],
-        capture_output=True, text=True, check=True,
-    ).stdout.strip()  # fmt: skip
 
 
 def _count_events(path: Path) -> int:

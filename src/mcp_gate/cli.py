@@ -73,6 +73,17 @@ ConfigPath = Annotated[
     Path,
     typer.Option("--config", "-C", help="The gateway's config file (mcp-gate.toml)."),
 ]
+# `None`: the command looks for the default config itself (`mcp_gate.config_locate`).
+LocatedConfigPath = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        "-C",
+        help="The gateway's config file (default: ./mcp-gate.toml, else the demo's "
+        ".mcp-gate-demo/mcp-gate.toml).",
+        show_default=False,
+    ),
+]
 
 
 @app.command()
@@ -117,7 +128,7 @@ def demo(
 
 @app.command()
 def token(
-    config: AuditConfigPath = None,  # found as the audit commands find it (defined below)
+    config: LocatedConfigPath = None,
     sub: Annotated[str, typer.Option("--sub", help="The subject (who the token is for).")] = (
         "local-user"
     ),
@@ -326,17 +337,6 @@ def approvals_deny(
     )  # fmt: skip
 
 
-# `None`: the command looks for the default config itself (`mcp_gate.config_locate`).
-AuditConfigPath = Annotated[
-    Path | None,
-    typer.Option(
-        "--config",
-        "-C",
-        help="The gateway's config file (default: ./mcp-gate.toml, else the demo's "
-        ".mcp-gate-demo/mcp-gate.toml).",
-        show_default=False,
-    ),
-]
 SinceOption = Annotated[
     str | None,
     typer.Option(
@@ -347,7 +347,7 @@ SinceOption = Annotated[
 
 @sessions_app.command("list")
 def sessions_list(
-    config: AuditConfigPath = None,
+    config: LocatedConfigPath = None,
     principal: Annotated[
         str | None, typer.Option("--principal", help="Only this subject's sessions.")
     ] = None,
@@ -380,7 +380,7 @@ def replay(
     session: Annotated[
         str, typer.Argument(help="The session id, or its start (8 characters or more).")
     ],
-    config: AuditConfigPath = None,
+    config: LocatedConfigPath = None,
     follow: Annotated[
         bool, typer.Option("--follow", "-f", help="Keep showing a live session until it ends.")
     ] = False,
@@ -396,7 +396,7 @@ def replay(
 
 
 @audit_app.command("verify")
-def audit_verify(config: AuditConfigPath = None) -> None:
+def audit_verify(config: LocatedConfigPath = None) -> None:
     """Check the whole chain and its signed checkpoints: exit 0 when intact, 1 if not.
 
     On a break it names the first broken link (an edited, deleted or reordered event, a
@@ -412,7 +412,7 @@ def audit_export(
     fmt: Annotated[str, typer.Option("--format", help="Output format.")] = "jsonl",
     since: SinceOption = None,
     session: Annotated[str | None, typer.Option("--session", help="Only this session.")] = None,
-    config: AuditConfigPath = None,
+    config: LocatedConfigPath = None,
 ) -> None:
     """Write events to stdout as JSON lines, for a SIEM.
 

@@ -8,9 +8,9 @@ more characters"); what a write did (its command tag and affected rows); a plan'
 and its first nodes; timings. Reads the event shapes the recorder writes (`recorder.py`) and
 stays readable for anything else (shown as compact JSON, cut).
 
-Offsets count from the session's start, or from its first event when that came earlier: the
-request that opens a session is recorded with its arrival time, the `session_start` only once
-the gateway has answered it, a few milliseconds later.
+Offsets count from the session's start, or from its first event when that came earlier:
+stores written before the recorder dated a session's start by the arrival of the initialize
+that opened it hold a `session_start` a few milliseconds after that request.
 """
 
 from __future__ import annotations

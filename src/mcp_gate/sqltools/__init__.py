@@ -44,24 +44,4 @@ def __getattr__(name: str) -> Any:
     return value
 
 
-__all__ = [
-    "DEFAULT_SEARCH_PATH",
-    "Column",
-    "DatabaseUnavailable",
-    "FieldCountMismatch",
-    "GatePool",
-    "QueryError",
-    "QueryResult",
-    "SqlToolError",
-    "TableNotFound",
-    "create_pool",
-    "describe_table",
-    "explain",
-    "json_value",
-    "list_tables",
-    "redact_dsn",
-    "run_read",
-    "run_write",
-    "structured",
-    "text_table",
-]
+__all__ = sorted(_HOME)
