@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import itertools
+import json
 import os
 import signal
 import sqlite3
@@ -19,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mcp_gate.audit import (
     GENESIS,
@@ -258,10 +261,47 @@ async def test_verify_passes_and_counts(store: AuditStore, tmp_path: Path) -> No
 @pytest.mark.anyio
 async def test_bad_data_is_refused_before_anything_is_queued(store: AuditStore) -> None:
     with pytest.raises(ValueError, match="plain JSON"):
-        await store.append([AuditEvent("s", EventKind.MESSAGE, T0, data={"x": float("nan")})])
-    with pytest.raises(ValueError, match="plain JSON"):
         await store.append([AuditEvent("s", EventKind.MESSAGE, T0, data={"x": object()})])
+    with pytest.raises(ValueError, match="plain JSON"):
+        await store.append([AuditEvent("s", EventKind.MESSAGE, T0, data={1: "a", "b": 2})])
     assert await store.head() == (0, GENESIS)
+
+
+@pytest.mark.anyio
+async def test_a_group_too_big_for_one_statement(store: AuditStore) -> None:
+    """SQLite binds at most 32,766 parameters per statement: a 2,500-event append goes in
+    chunks, still one transaction, with the sessions index counted right."""
+    events = [start("big")] + [
+        AuditEvent("big", EventKind.DECISION, T0 + i, decision="deny" if i % 5 == 0 else "allow")
+        for i in range(1, 2500)
+    ]
+    stored = await store.append(events)
+    assert [e.seq for e in stored] == list(range(1, 2501))
+    session = await store.session("big")
+    assert session is not None
+    assert (session.events, session.calls, session.denied) == (2500, 2499, 499)
+    assert (await chain.verify(store, {})).ok
+
+
+@pytest.mark.anyio
+async def test_non_finite_floats_are_recorded_as_null(store: AuditStore) -> None:
+    """The SDK's parser takes `NaN` in arguments; JSON cannot hold it. It is written as null
+    (as JSON-mode pydantic writes it), on the fast path and on the stdlib one (1e-05 takes
+    that), and the chain verifies."""
+    nan, inf = float("nan"), float("inf")
+    [a, b] = await store.append(
+        [
+            AuditEvent("s", EventKind.MESSAGE, T0, data={"x": nan, "y": [inf, 1]}),
+            AuditEvent("s", EventKind.MESSAGE, T0, data={"x": -inf, "small": 1e-05}),
+        ]
+    )
+    assert [e.event.data for e in await store.events()] == [
+        {"x": None, "y": [None, 1]},
+        {"x": None, "small": 1e-05},
+    ]
+    assert a.data_text == '{"x":null,"y":[null,1]}'
+    assert b.data_text == '{"small":1e-05,"x":null}'  # the stdlib's float form
+    assert (await chain.verify(store, {})).ok
 
 
 # --------------------------------------------------------------------------- concurrency
@@ -470,6 +510,16 @@ async def test_verify_detects_an_edited_event(target: Target, tmp_path: Path) ->
     report = await _verify(target, keys)
     assert not report.ok and report.broken_at == 6 and report.events == 5
     assert report.problem.startswith("edited:")
+
+
+@pytest.mark.anyio
+async def test_verify_detects_an_edit_that_parses_the_same(target: Target, tmp_path: Path) -> None:
+    """Verification hashes the stored text, not a re-serialisation of it: an edit that a JSON
+    reader cannot see (a space) is caught too."""
+    _, keys = await _filled(target, tmp_path)
+    target.tamper("UPDATE audit_events SET data = replace(data, ':', ': ') WHERE seq = 4")
+    report = await _verify(target, keys)
+    assert not report.ok and report.broken_at == 4 and report.problem.startswith("edited:")
 
 
 @pytest.mark.anyio
@@ -807,6 +857,34 @@ def test_the_stored_hash_is_the_model_hash() -> None:
         )
 
 
+_JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.floats(min_value=-1e-3, max_value=1e-3, allow_nan=False)
+    | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=600, deadline=None)
+@given(_JSON)
+def test_data_is_stored_in_the_documented_canonical_form(value: object) -> None:
+    """The fast serialiser (orjson) writes exactly what `AuditEvent.canonical` documents
+    (the stdlib's sorted compact form), floats of every size and all of Unicode included, so
+    a SIEM recomputing the hash from an export gets the stored one."""
+    expected = json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    )
+    assert rows.canonical_json(value) == expected
+    event = AuditEvent("s", EventKind.MESSAGE, T0, data={"v": value})
+    assert rows.chain_digest(event, 3, GENESIS, rows.data_json(event)) == event.chain_hash(
+        3, GENESIS
+    )
+
+
 def test_audit_settings(tmp_path: Path) -> None:
     from mcp_gate.config import ConfigFileError, load_config
 
@@ -820,3 +898,42 @@ def test_audit_settings(tmp_path: Path) -> None:
     path.write_text('[audit]\nretain = "forever"\n')
     with pytest.raises(ConfigFileError, match="retain"):
         load_config(path)
+
+
+@pytest.mark.anyio
+async def test_one_unrecordable_event_fails_no_one_else(tmp_path: Path) -> None:
+    """An event whose data cannot be serialised is recorded as such, on its own: the
+    decisions committed with it are on record (it used to fail their whole group commit,
+    and, kept for a retry, every commit after it)."""
+    from mcp_gate.audit.recorder import Recorder
+    from mcp_gate.calls import Principal, ToolCall
+    from mcp_gate.policy.engine import Decision
+
+    store = SqliteAuditStore(tmp_path / "gate.db")
+    await store.open()
+    recorder = Recorder(store, linger=5.0)
+    alice = Principal("alice", frozenset({"developers"}))
+    allow = Decision("allow", ("reads",), (), (), False, (), (), 0, (), "v1")
+    try:
+        async with recorder.running():
+            sid = recorder.logical_session(alice, "2026-07-28", {"name": "t", "version": "1"})
+            recorder.message(sid, Direction.IN, {"jsonrpc": "2.0", "method": "x", "p": object()})
+            verdicts = await asyncio.gather(
+                *(
+                    recorder.decision(
+                        sid, alice, ToolCall("sql_query", {"sql": f"SELECT {i}"}), allow
+                    )
+                    for i in range(3)
+                )
+            )
+            assert verdicts == [None, None, None]  # each on record before it returns
+            again = await recorder.decision(sid, alice, ToolCall("sql_query", {}), allow)
+            assert again is None
+        events = await store.events(session_id=sid)
+        kinds = [str(e.event.kind) for e in events]
+        assert kinds == ["session_start", "message", *["decision"] * 4, "session_end"]
+        assert "not plain JSON" in events[1].event.data["unrecordable"]
+        assert recorder.failed == 0 and recorder.lost == 0
+        assert (await chain.verify(store, {})).ok
+    finally:
+        await store.close()

@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from mcp_gate.gateway.keys import write_new
 
 from .model import GENESIS, AuditEvent, Checkpoint, EventKind, StoredEvent, VerifyReport
+from .rows import stored_digest
 from .store import AuditStore
 
 log = logging.getLogger("mcp_gate.audit")
@@ -228,17 +229,14 @@ def _moved_from(stored: StoredEvent) -> int | None:
     """The position `stored`'s hash was computed for, if it is near another one."""
     for delta in range(1, REORDER_WINDOW + 1):
         for candidate in (stored.seq - delta, stored.seq + delta):
-            if (
-                candidate >= 1
-                and stored.event.chain_hash(candidate, stored.prev_hash) == stored.hash
-            ):
+            if candidate >= 1 and stored_digest(stored, candidate) == stored.hash:
                 return candidate
     return None
 
 
 def _row_problem(stored: StoredEvent) -> str | None:
     try:
-        digest = stored.event.chain_hash(stored.seq, stored.prev_hash)
+        digest = stored_digest(stored)
     except (TypeError, ValueError):
         return f"event {stored.seq} cannot be hashed: its content was changed by hand"
     if digest == stored.hash:

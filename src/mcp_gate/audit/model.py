@@ -87,12 +87,14 @@ class AuditEvent:
 
 @dataclass(frozen=True, slots=True)
 class StoredEvent:
-    """An event as stored: its place in the chain and its hashes."""
+    """An event as stored: its place in the chain and its hashes; `data_text` is its data
+    exactly as stored (what the hash covers), when it was read from or written to a store."""
 
     seq: int
     prev_hash: str
     hash: str
     event: AuditEvent
+    data_text: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,7 +30,7 @@ import asyncpg
 from mcp_gate.pg_db import DB_ERRORS, PgEndpoint
 
 from .model import GENESIS, AuditEvent, Checkpoint, StoredEvent
-from .rows import EVENT_COLUMNS, SESSION_COLUMNS, chain, data_json, index_changes
+from .rows import EVENT_COLUMNS, SESSION_COLUMNS, chain, index_changes, serialised
 from .store import AuditStore, AuditUnavailable, Row
 
 log = logging.getLogger("mcp_gate.audit")
@@ -286,12 +286,14 @@ class PostgresAuditStore(AuditStore):
 
     # -- the interface ----------------------------------------------------------------------
 
-    async def append(self, events: Sequence[AuditEvent]) -> builtins.list[StoredEvent]:
+    async def append(
+        self, events: Sequence[AuditEvent], data: Sequence[str] | None = None
+    ) -> builtins.list[StoredEvent]:
         if not events:
             return []
         self._require()
         item = _Append(
-            [(event, data_json(event)) for event in events],
+            serialised(events, data),
             asyncio.get_running_loop().create_future(),
         )
         self._queue.put_nowait(item)

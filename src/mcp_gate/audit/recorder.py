@@ -46,6 +46,7 @@ from mcp_gate.policy.engine import Decision
 
 from .model import AuditEvent, Direction, EventKind
 from .redact import Redactor
+from .rows import canonical_json
 from .store import AuditStore, AuditUnavailable
 
 log = logging.getLogger("mcp_gate.audit")
@@ -517,8 +518,8 @@ class Recorder:
 
     async def _commit(self, batch: list[_Queued]) -> None:
         try:
-            events = [self._redacted(q.event) for q in batch]
-            await self.store.append(events)
+            prepared = [self._prepared(q.event) for q in batch]
+            await self.store.append([e for e, _ in prepared], [t for _, t in prepared])
         except AuditUnavailable as exc:
             self._failed(batch, exc)
             return
@@ -561,15 +562,37 @@ class Recorder:
             )  # fmt: skip
             self._retry.appendleft(_Queued(note))
 
-    def _redacted(self, event: AuditEvent) -> AuditEvent:
+    def _prepared(self, event: AuditEvent) -> tuple[AuditEvent, str]:
+        """The event as written (secrets redacted) and its data's JSON text (`data_json`):
+        serialised once, and walked for secrets only when a trigger occurs in that text."""
         r = self.redactor
-        return replace(
-            event,
-            method=r.optional(event.method),
-            request_id=r.optional(event.request_id),
-            tool=r.optional(event.tool),
-            data=r.value(event.data),
+        data = event.data
+        try:
+            if not isinstance(data, dict):
+                raise ValueError("not a JSON object")
+            text = canonical_json(data)
+        except ValueError as exc:
+            # Never let one event fail the commit it shares with others' decisions (nor, kept
+            # for a retry, every commit after it): record that its data could not be.
+            log.error("audit: event data cannot be recorded: %s", exc)
+            data = {"unrecordable": f"the event's data is {exc}"}
+            text = canonical_json(data)
+        if r.may_hold_secrets(text):
+            data = r.walk(data)
+            text = canonical_json(data)
+        method, request_id, tool = (
+            r.optional(event.method),
+            r.optional(event.request_id),
+            r.optional(event.tool),
         )
+        if (
+            data is event.data
+            and method == event.method
+            and request_id == event.request_id
+            and tool == event.tool
+        ):
+            return event, text  # nothing redacted: no copy (`replace` is slow)
+        return replace(event, method=method, request_id=request_id, tool=tool, data=data), text
 
     async def flush(self) -> None:
         """Wait until what is queued now has been committed, or has failed once."""

@@ -97,19 +97,22 @@ class Redactor:
             try:
                 blob = orjson.dumps(value).decode()
             except TypeError:  # not plain JSON: walk it
-                return self._walk(value)
-            if not self._may_hold_secrets(blob):
+                return self.walk(value)
+            if not self.may_hold_secrets(blob):
                 return value
-        return self._walk(value)
+        return self.walk(value)
 
-    def _may_hold_secrets(self, blob: str) -> bool:
+    def may_hold_secrets(self, blob: str) -> bool:
+        """False when nothing in `blob` (a value's JSON text) can be redacted: no rule's
+        trigger occurs in it. True does not mean there is a secret, only that `walk` must look."""
         # Substring tests (fast in C) rather than one alternation regex (measured 70× slower).
         if any(form in blob for form in self._forms):
             return True
         low = blob.lower()
         return any(trigger in low for trigger in _TRIGGERS)
 
-    def _walk(self, value: Any) -> Any:
+    def walk(self, value: Any) -> Any:
+        """A redacted copy of a JSON-like value, every string looked at (no prefilter)."""
         if isinstance(value, str):
             return self.text(value)
         if isinstance(value, dict):
@@ -119,10 +122,10 @@ class Redactor:
                 if isinstance(key, str) and _SECRET_KEY.match(key) and item not in (None, ""):
                     out[name] = REDACTED
                 else:
-                    out[name] = self._walk(item)
+                    out[name] = self.walk(item)
             return out
         if isinstance(value, list | tuple):
-            return [self._walk(item) for item in value]
+            return [self.walk(item) for item in value]
         return value
 
     def optional(self, text: str | None) -> str | None:

@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import functools
 import os
 import queue
 import sqlite3
@@ -47,7 +48,7 @@ from typing import Any, TypeVar
 from mcp_gate import sqlite_db
 
 from .model import GENESIS, AuditEvent, Checkpoint, StoredEvent
-from .rows import EVENT_COLUMNS, SESSION_COLUMNS, IndexChanges, chain, data_json, index_changes
+from .rows import EVENT_COLUMNS, INDEX_COLUMNS, SESSION_COLUMNS, chain, event_index, serialised
 from .store import AuditStore, AuditUnavailable, Row
 
 T = TypeVar("T")
@@ -116,18 +117,55 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
     ),
 }
 
-_INSERT_EVENT = (
-    f"INSERT INTO audit_events ({', '.join(EVENT_COLUMNS)}) "
-    f"VALUES ({', '.join('?' * len(EVENT_COLUMNS))})"
+# One group commit is one INSERT into this view (a TEMP view and trigger of the writer's
+# connection: no schema change): SQLite chains the rows in, updates the sessions index and the
+# head in one statement, one transaction, one fsync, all in C. The writer thread so takes the
+# GIL back once per commit instead of once per row and statement; each time it did, the event
+# loop's thread lost it mid-request (measured: that hand-off, not the disk, was most of what
+# recording cost the gateway). The trigger refuses a row that does not continue the head (the
+# writer's cached head is stale: another process appended), and the statement rolls back whole.
+_APPEND_COLUMNS = (*EVENT_COLUMNS, *INDEX_COLUMNS)
+_HEAD_MOVED = "mcp-gate: the chain head moved"
+_HEAD = "SELECT seq, hash FROM audit_head WHERE id = 1"
+_APPEND_SETUP = (
+    "CREATE TEMP VIEW audit_append AS SELECT " + ", ".join(f"NULL AS {c}" for c in _APPEND_COLUMNS),
+    f"""
+    CREATE TEMP TRIGGER audit_append_row INSTEAD OF INSERT ON audit_append BEGIN
+        SELECT RAISE(ABORT, '{_HEAD_MOVED}') WHERE NOT EXISTS (
+            SELECT 1 FROM audit_head WHERE id = 1 AND seq = NEW.seq - 1 AND hash = NEW.prev_hash
+        );
+        INSERT INTO audit_events ({", ".join(EVENT_COLUMNS)})
+            VALUES ({", ".join(f"NEW.{c}" for c in EVENT_COLUMNS)});
+        INSERT INTO audit_sessions ({", ".join(SESSION_COLUMNS)})
+            SELECT NEW.session_id, {", ".join(f"NEW.start_{c}" for c in SESSION_COLUMNS[1:-1])},
+                NEW.at
+            WHERE NEW.start_subject IS NOT NULL
+            ON CONFLICT (id) DO NOTHING;
+        UPDATE audit_sessions SET events = events + 1, calls = calls + NEW.calls,
+            denied = denied + NEW.denied, ended_at = COALESCE(NEW.ended_at, ended_at)
+            WHERE id = NEW.session_id;
+        UPDATE audit_head SET seq = NEW.seq, hash = NEW.hash WHERE id = 1;
+    END
+    """,
 )
-_INSERT_SESSION = (
-    f"INSERT INTO audit_sessions ({', '.join(SESSION_COLUMNS)}) "
-    f"VALUES ({', '.join('?' * len(SESSION_COLUMNS))}) ON CONFLICT (id) DO NOTHING"
-)
-_UPDATE_SESSION = (
-    "UPDATE audit_sessions SET events = events + ?, calls = calls + ?, denied = denied + ?, "
-    "ended_at = COALESCE(?, ended_at) WHERE id = ?"
-)
+# Rows per INSERT: SQLite binds at most 32,766 parameters per statement.
+_APPEND_ROWS = 1000
+_APPEND_ROW = "(" + ", ".join("?" * len(_APPEND_COLUMNS)) + ")"
+
+
+@functools.lru_cache(maxsize=64)
+def _append_sql(rows: int) -> str:
+    return "INSERT INTO temp.audit_append VALUES " + ", ".join([_APPEND_ROW] * rows)
+
+
+def _chained(
+    head: tuple[int, str], batches: list[list[tuple[AuditEvent, str]]]
+) -> tuple[list[list[StoredEvent]], list[tuple], tuple[int, str]]:
+    """`rows.chain` with each row's sessions-index columns: the `_APPEND_COLUMNS` rows."""
+    results, rows, new_head = chain(head, batches)
+    events = (stored.event for batch in results for stored in batch)
+    params = [(*row, *event_index(event)) for row, event in zip(rows, events, strict=True)]
+    return results, params, new_head
 
 
 @dataclass
@@ -177,16 +215,6 @@ def _wake(group: Sequence[_Append], results: Sequence[Any] | None, error: BaseEx
             loop.call_soon_threadsafe(_settle, outcomes)
 
 
-def write_index(conn: sqlite3.Connection, changes: IndexChanges) -> None:
-    """Apply a commit's sessions-index changes (`rows.index_changes`)."""
-    if changes.starts:
-        conn.executemany(_INSERT_SESSION, changes.starts)
-    conn.executemany(
-        _UPDATE_SESSION,
-        [(d.events, d.calls, d.denied, d.ended_at, sid) for sid, d in changes.deltas.items()],
-    )
-
-
 class SqliteAuditStore(AuditStore):
     """`AuditStore` in a SQLite file (created with its folder if missing)."""
 
@@ -211,6 +239,7 @@ class SqliteAuditStore(AuditStore):
         self._closed = False
         self._lock = threading.Lock()  # orders `close` against `append`'s enqueue
         self._identity: tuple[int, int] | None = None  # the writer's file: (st_dev, st_ino)
+        self._head: tuple[int, str] | None = None  # the writer's last known (seq, hash)
 
     def __repr__(self) -> str:
         return f"<SqliteAuditStore {self.path}>"
@@ -276,7 +305,13 @@ class SqliteAuditStore(AuditStore):
     def _run(self, ready: Future[None]) -> None:
         try:
             conn = self._connect()
-            self._identity = self._file_identity()
+            try:
+                for statement in _APPEND_SETUP:
+                    conn.execute(statement)
+                self._identity = self._file_identity()
+            except BaseException:
+                conn.close()
+                raise
         except BaseException as exc:
             ready.set_exception(exc)
             return
@@ -343,18 +378,9 @@ class SqliteAuditStore(AuditStore):
     def _commit(self, conn: sqlite3.Connection, group: list[_Append]) -> None:
         if not group:
             return
-
-        def tx(c: sqlite3.Connection) -> list[list[StoredEvent]]:
-            seq, head_hash = c.execute("SELECT seq, hash FROM audit_head WHERE id = 1").fetchone()
-            results, rows, (seq, head_hash) = chain((seq, head_hash), [a.items for a in group])
-            c.executemany(_INSERT_EVENT, rows)
-            write_index(c, index_changes(e for a in group for e, _ in a.items))
-            c.execute("UPDATE audit_head SET seq = ?, hash = ? WHERE id = 1", (seq, head_hash))
-            return results
-
         try:
             self._check_file()
-            results = sqlite_db.transaction(conn, tx)
+            results = self._append(conn, [a.items for a in group])
         except sqlite3.Error as exc:
             _wake(group, None, self._unavailable(exc))
             return
@@ -362,6 +388,40 @@ class SqliteAuditStore(AuditStore):
             _wake(group, None, AuditUnavailable(f"the audit store {self.path} failed: {exc!r}"))
             return
         _wake(group, results, None)
+
+    def _append(
+        self, conn: sqlite3.Connection, batches: list[list[tuple[AuditEvent, str]]]
+    ) -> list[list[StoredEvent]]:
+        """Chain `batches` after the head and commit them: in one statement after the cached
+        head (`_APPEND_SETUP`), or, when that head is stale (another process appended) or the
+        group needs several statements, inside `BEGIN IMMEDIATE` after the head read there."""
+        try:
+            if self._head is not None:
+                results, params, head = _chained(self._head, batches)
+                if len(params) <= _APPEND_ROWS:
+                    try:
+                        # One statement outside a transaction is its own, locked for writing
+                        # before it reads (as BEGIN IMMEDIATE would).
+                        conn.execute(_append_sql(len(params)), [v for p in params for v in p])
+                    except sqlite3.IntegrityError as exc:
+                        if _HEAD_MOVED not in str(exc):
+                            raise
+                    else:
+                        self._head = head
+                        return results
+
+            def locked(c: sqlite3.Connection) -> tuple[list[list[StoredEvent]], tuple[int, str]]:
+                results, params, head = _chained(c.execute(_HEAD).fetchone(), batches)
+                for at in range(0, len(params), _APPEND_ROWS):
+                    chunk = params[at : at + _APPEND_ROWS]
+                    c.execute(_append_sql(len(chunk)), [v for p in chunk for v in p])
+                return results, head
+
+            results, self._head = sqlite_db.transaction(conn, locked)
+            return results
+        except BaseException:
+            self._head = None  # whatever landed, the next commit reads the head again
+            raise
 
     def _job(self, conn: sqlite3.Connection, job: _Job) -> None:
         try:
@@ -417,11 +477,13 @@ class SqliteAuditStore(AuditStore):
 
     # -- the interface ----------------------------------------------------------------------
 
-    async def append(self, events: Sequence[AuditEvent]) -> builtins.list[StoredEvent]:
+    async def append(
+        self, events: Sequence[AuditEvent], data: Sequence[str] | None = None
+    ) -> builtins.list[StoredEvent]:
         if not events:
             return []
         loop = asyncio.get_running_loop()
-        item = _Append([(event, data_json(event)) for event in events], loop.create_future(), loop)
+        item = _Append(serialised(events, data), loop.create_future(), loop)
         self._enqueue(item)
         return await item.future
 

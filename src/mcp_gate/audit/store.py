@@ -62,9 +62,12 @@ class AuditStore(ABC):
         """Flush what is queued, then release the connection (idempotent)."""
 
     @abstractmethod
-    async def append(self, events: Sequence[AuditEvent]) -> builtins.list[StoredEvent]:
+    async def append(
+        self, events: Sequence[AuditEvent], data: Sequence[str] | None = None
+    ) -> builtins.list[StoredEvent]:
         """Chain and commit `events` (in order, contiguous); return them as stored once durable.
-        `session_start` / `session_end` events also create / close the session's index row."""
+        `session_start` / `session_end` events also create / close the session's index row.
+        `data`: each event's `rows.data_json`, when the caller has serialised it already."""
 
     # -- reads: one path for every backend, over `_param` and `_select` ---------------------
 
