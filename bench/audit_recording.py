@@ -115,7 +115,7 @@ def recording_overhead(
             )
     verdict = "meets" if worst >= TARGET else "MISSES"
     summary = (
-        f"recording on vs off: worst throughput ratio {worst:.2f}× "
+        f"recording on vs off: worst throughput ratio {worst:.3f}× "
         f"({verdict} ≥ {TARGET:.2f}×, i.e. at most 10% slower)"
     )
     return lines, summary, worst
