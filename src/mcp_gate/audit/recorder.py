@@ -46,7 +46,7 @@ from mcp_gate.policy.engine import Decision
 
 from .model import AuditEvent, Direction, EventKind
 from .redact import Redactor
-from .rows import canonical_json
+from .rows import canonical_json, data_json
 from .store import AuditStore, AuditUnavailable
 
 log = logging.getLogger("mcp_gate.audit")
@@ -566,20 +566,18 @@ class Recorder:
         """The event as written (secrets redacted) and its data's JSON text (`data_json`):
         serialised once, and walked for secrets only when a trigger occurs in that text."""
         r = self.redactor
-        data = event.data
         try:
-            if not isinstance(data, dict):
-                raise ValueError("not a JSON object")
-            text = canonical_json(data)
+            text = data_json(event)
+            data = event.data
         except ValueError as exc:
             # Never let one event fail the commit it shares with others' decisions (nor, kept
             # for a retry, every commit after it): record that its data could not be.
             log.error("audit: event data cannot be recorded: %s", exc)
-            data = {"unrecordable": f"the event's data is {exc}"}
+            data = {"unrecordable": f"the event's data cannot be recorded: {exc}"}
             text = canonical_json(data)
-        if r.may_hold_secrets(text):
-            data = r.walk(data)
-            text = canonical_json(data)
+        redacted = r.value(data, text)
+        if redacted is not data:
+            data, text = redacted, canonical_json(redacted)
         method, request_id, tool = (
             r.optional(event.method),
             r.optional(event.request_id),

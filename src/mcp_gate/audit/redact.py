@@ -90,29 +90,28 @@ class Redactor:
             text = "".join(out)
         return text
 
-    def value(self, value: Any) -> Any:
+    def value(self, value: Any, text: str | None = None) -> Any:
         """A redacted copy of a JSON-like value (dicts, lists, strings; other scalars kept);
-        the value itself when there is nothing to redact in it."""
+        the value itself when there is nothing to redact in it. `text`: the value's JSON
+        text, when the caller has it (it is then not serialised again to look)."""
         if isinstance(value, dict | list):
-            try:
-                blob = orjson.dumps(value).decode()
-            except TypeError:  # not plain JSON: walk it
-                return self.walk(value)
-            if not self.may_hold_secrets(blob):
+            if text is None:
+                try:
+                    text = orjson.dumps(value).decode()
+                except TypeError:  # not plain JSON: walk it
+                    return self._walk(value)
+            if not self._may_hold_secrets(text):
                 return value
-        return self.walk(value)
+        return self._walk(value)
 
-    def may_hold_secrets(self, blob: str) -> bool:
-        """False when nothing in `blob` (a value's JSON text) can be redacted: no rule's
-        trigger occurs in it. True does not mean there is a secret, only that `walk` must look."""
+    def _may_hold_secrets(self, blob: str) -> bool:
         # Substring tests (fast in C) rather than one alternation regex (measured 70× slower).
         if any(form in blob for form in self._forms):
             return True
         low = blob.lower()
         return any(trigger in low for trigger in _TRIGGERS)
 
-    def walk(self, value: Any) -> Any:
-        """A redacted copy of a JSON-like value, every string looked at (no prefilter)."""
+    def _walk(self, value: Any) -> Any:
         if isinstance(value, str):
             return self.text(value)
         if isinstance(value, dict):
@@ -122,10 +121,10 @@ class Redactor:
                 if isinstance(key, str) and _SECRET_KEY.match(key) and item not in (None, ""):
                     out[name] = REDACTED
                 else:
-                    out[name] = self.walk(item)
+                    out[name] = self._walk(item)
             return out
         if isinstance(value, list | tuple):
-            return [self.walk(item) for item in value]
+            return [self._walk(item) for item in value]
         return value
 
     def optional(self, text: str | None) -> str | None:

@@ -396,19 +396,18 @@ class SqliteAuditStore(AuditStore):
         head (`_APPEND_SETUP`), or, when that head is stale (another process appended) or the
         group needs several statements, inside `BEGIN IMMEDIATE` after the head read there."""
         try:
-            if self._head is not None:
+            if self._head is not None and sum(map(len, batches)) <= _APPEND_ROWS:
                 results, params, head = _chained(self._head, batches)
-                if len(params) <= _APPEND_ROWS:
-                    try:
-                        # One statement outside a transaction is its own, locked for writing
-                        # before it reads (as BEGIN IMMEDIATE would).
-                        conn.execute(_append_sql(len(params)), [v for p in params for v in p])
-                    except sqlite3.IntegrityError as exc:
-                        if _HEAD_MOVED not in str(exc):
-                            raise
-                    else:
-                        self._head = head
-                        return results
+                try:
+                    # One statement outside a transaction is its own, locked for writing
+                    # before it reads (as BEGIN IMMEDIATE would).
+                    conn.execute(_append_sql(len(params)), [v for p in params for v in p])
+                except sqlite3.IntegrityError as exc:
+                    if _HEAD_MOVED not in str(exc):
+                        raise
+                else:
+                    self._head = head
+                    return results
 
             def locked(c: sqlite3.Connection) -> tuple[list[list[StoredEvent]], tuple[int, str]]:
                 results, params, head = _chained(c.execute(_HEAD).fetchone(), batches)
