@@ -25,6 +25,8 @@ import asyncpg
 import httpx
 import httpx2
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
@@ -617,6 +619,9 @@ async def test_recording_off_records_nothing_and_still_decides(shop: Shop, tmp_p
         ("aws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", "wJalrXUtnFEMI"),
         ("-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBg\n-----END PRIVATE KEY-----", "MIIEvQ"),
         ("my db password is s3cr3t-value!", "s3cr3t-value!"),
+        # `(?i)` matches `ſ` (long s) as `s`, and `"paſſword".lower()` holds no "passw": the
+        # prefilter case-folds, or this went into the store unredacted.
+        ("host=db paſſword=hunter2", "hunter2"),
     ],
 )
 def test_redactor_replaces_secrets(text: str, gone: str):
@@ -626,6 +631,60 @@ def test_redactor_replaces_secrets(text: str, gone: str):
     for value in (text, {"message": {"params": {"arguments": {"sql": text}}}}, [text]):
         out = json.dumps(redactor.value(value))
         assert gone not in out and "[REDACTED]" in out, out
+
+
+def test_redactor_folds_case_for_secret_keys():
+    from mcp_gate.audit.redact import Redactor
+
+    assert Redactor().value({"paſſword": "hunter2"}) == {"paſſword": "[REDACTED]"}
+
+
+@given(
+    st.lists(
+        st.sampled_from(
+            [
+                "password=",
+                "PASSWORD=",
+                "paſſword=",
+                "pwd=",
+                "://u:",
+                "@h",
+                "Bearer ",
+                "AKIA",
+                "ASIA",
+                "eyJ",
+                "hbGciOiJIUzI1NiJ9",
+                ".",
+                "-----BEGIN ",
+                "PRIVATE KEY",
+                "-----",
+                "aws_secret_access_key ",
+                "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+                "s3cr3t-value!",
+                "x",
+                " ",
+                "'",
+                "=",
+                "Ab3",
+                "İ",
+                "K",
+            ]
+        )
+        | st.text(max_size=4),
+        max_size=12,
+    ).map("".join)
+)
+def test_redactor_prefilter_never_skips_what_a_rule_would_change(text: str):
+    """`text` skips the rules when no trigger occurs: that shortcut must never keep a string
+    that the full rules would have changed."""
+    from mcp_gate.audit.redact import Redactor
+
+    redactor = Redactor(["s3cr3t-value!"])
+    if not redactor._may_hold_secrets(text):
+        assert redactor.text(text) is text
+        slow = Redactor(["s3cr3t-value!"])
+        slow._may_hold_secrets = lambda _blob: True  # type: ignore[method-assign]
+        assert slow.text(text) == text
 
 
 def test_redactor_leaves_ordinary_payloads_alone():
