@@ -1,5 +1,6 @@
 """`mcp-gate demo` as a new user runs it: start, connect with the printed token, list tables,
-run a select, see a DELETE refused with its rule, Ctrl-C, and nothing left behind.
+run a select, see a DELETE refused with its rule, Ctrl-C, and nothing left behind but the
+recording (no PostgreSQL, token or key), which `sessions list` and `audit verify` still read.
 
 Then the audit side (issue 6, "Done when"): after a demo session with a masked read, a refused
 DELETE and an approved one, `sessions list`, `replay`, `audit export` and `audit verify` run
@@ -28,7 +29,7 @@ from mcp.client.streamable_http import streamable_http_client
 from approval_helpers import decide_when_pending
 from gateway_helpers import MCP_GATE, Gateway, text_of
 from mcp_gate.demo.embedded import free_port
-from mcp_gate.demo.run import choose_port
+from mcp_gate.demo.run import choose_port, keep_recording
 from mcp_gate.gateway.serve import bind_socket
 
 pytestmark = pytest.mark.slow
@@ -96,15 +97,65 @@ def test_demo_end_to_end(tmp_path: Path, stop: signal.Signals) -> None:
         '"mcpServers"',
         '"servers"',
         "demo stopped and cleaned up",
+        "The recording stays in",
     ):
         assert expected in output
     assert state["agent"] in output  # printed whole, on one line, ready to paste
-    assert not (tmp_path / ".mcp-gate-demo").exists()
+    assert_only_the_recording_stays(tmp_path / ".mcp-gate-demo", [state["agent"]])
+    listed = gate(tmp_path, "sessions", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    sessions = json.loads(listed.stdout)["sessions"]
+    assert len(sessions) >= 2 and all(s["ended"] is not None for s in sessions)
+    assert {s["subject"] for s in sessions} == {"agent"}
+    verified = gate(tmp_path, "audit", "verify")
+    assert verified.returncode == 0 and verified.stdout.startswith("ok:"), verified.stdout
     pg_dir = next(line for line in output.splitlines() if "PostgreSQL 127.0.0.1:" in line)
     assert "started" in pg_dir
     # The cluster's data directory is gone with it.
     leftovers = [p for p in Path("/tmp").glob("mcp-gate-pg-*") if (p / "owner.pid").exists()]
     assert all(int((p / "owner.pid").read_text()) != process.pid for p in leftovers)
+
+
+def assert_only_the_recording_stays(folder: Path, secrets: list[str]) -> None:
+    """The stopped demo's folder: its config, audit store and public key, nothing else, and
+    none of `secrets` (the tokens it printed) in any of it."""
+    kept = sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+    assert [k for k in kept if not k.startswith(".mcp-gate/gate.db")] == [
+        ".mcp-gate",
+        "audit-signing.pub",
+        "mcp-gate.toml",
+    ], kept
+    for path in folder.rglob("*"):
+        if path.is_file():
+            blob = path.read_bytes()
+            assert not any(s.encode() in blob for s in secrets), path
+
+
+def test_keep_recording_keeps_an_allowlist(tmp_path: Path) -> None:
+    """Whatever a future gateway writes into its folder goes, unless it is the recording; a
+    demo that recorded nothing leaves nothing."""
+    folder = tmp_path / "demo"
+    (folder / ".mcp-gate").mkdir(parents=True)
+    (folder / ".mcp-gate" / "gate.db").write_bytes(b"db")
+    (folder / "mcp-gate.toml").write_text("[server]\n")
+    (folder / "audit-signing.pub").write_text("pub")
+    for secret in ("audit-signing.key", "tokens.json", "some-new.key"):
+        (folder / secret).write_text("secret")
+    (folder / "cache").mkdir()
+    (folder / "cache" / "x").write_text("x")
+    (folder / "link").symlink_to(folder / "cache")
+    assert keep_recording(folder)
+    assert sorted(p.name for p in folder.iterdir()) == [
+        ".mcp-gate",
+        "audit-signing.pub",
+        "mcp-gate.toml",
+    ]
+    assert (folder / ".mcp-gate" / "gate.db").read_bytes() == b"db"
+    empty = tmp_path / "nothing-recorded"
+    empty.mkdir()
+    (empty / "tokens.json").write_text("secret")
+    assert not keep_recording(empty)
+    assert not empty.exists()
 
 
 # -- audit: replay and verify a demo session, from the demo's folder, without --config -----------
@@ -275,7 +326,13 @@ def test_demo_session_replayed_and_verified_without_config(tmp_path: Path) -> No
         line = next(x for x in output.splitlines() if command in x)
         assert "--config" not in line
     assert f"http://127.0.0.1:{port}/mcp" in output and "127.0.0.1:0" not in output
-    assert not folder.exists()
+    # Stopped, the demo leaves its recording, which still replays and still fails verify.
+    assert_only_the_recording_stays(folder, [state["agent"], state["approver"], bob])
+    replayed = gate(tmp_path, "replay", session["id"][:16])
+    assert replayed.returncode == 0, replayed.stderr
+    assert READ in replayed.stdout and "approved by alice" in replayed.stdout
+    still_broken = gate(tmp_path, "audit", "verify")
+    assert still_broken.returncode == 1 and f"broken at seq {seq}: edited" in still_broken.stdout
 
 
 def test_demo_port_zero_taken_or_invalid(tmp_path: Path) -> None:

@@ -119,7 +119,8 @@ def demo(
     orders; payments), the repository's policies.toml, and a gateway on 127.0.0.1 with a dev
     token issuer. Prints the MCP URL, tokens and ready-to-paste client configs, and how to
     approve, list sessions and replay them from the same folder. Ctrl-C stops everything and
-    removes what it started.
+    removes what it started but the recording (no token or key stays), which sessions list,
+    replay and audit verify read from that folder until the next demo replaces it.
     """
     from mcp_gate.gateway import commands as gateway_commands
 

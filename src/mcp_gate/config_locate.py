@@ -11,7 +11,8 @@ from pathlib import Path
 
 from mcp_gate import DEFAULT_CONFIG
 
-#: The folder `mcp-gate demo` writes (config, tokens.json, keys, audit store) and removes.
+#: The folder `mcp-gate demo` writes (config, tokens.json, keys, audit store); it removes all
+#: of it when it stops but the recording (`demo.run.KEPT`).
 DEMO_DIR = ".mcp-gate-demo"
 #: The demo's config, relative to the folder the demo runs in.
 DEMO_CONFIG = Path(DEMO_DIR) / DEFAULT_CONFIG

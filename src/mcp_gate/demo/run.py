@@ -2,7 +2,10 @@
 
 Starts an embedded PostgreSQL, loads the sample database, writes a demo `mcp-gate.toml` (dev
 issuer on, loopback only) beside the repository's `policies.toml`, serves the gateway, and
-prints the URL, tokens and client configs. Ctrl-C stops everything and removes what it made.
+prints the URL, tokens and client configs. Ctrl-C stops everything and removes what it made,
+except the recording: the audit store, the public key that verifies its checkpoints and the
+config that finds them stay in `.mcp-gate-demo/`, so `sessions list`, `replay` and `audit
+verify` still work there (the next demo replaces them). Tokens and keys never stay.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.text import Text
 
+from mcp_gate import DEFAULT_CONFIG
 from mcp_gate.auth.dev_issuer import dev_issuer_for
 from mcp_gate.config import load_config
 from mcp_gate.config_locate import DEMO_DIR
@@ -67,7 +71,7 @@ def choose_port(wanted: int) -> int:
 
 def write_config(folder: Path, policies: Path, port: int, pg_host: str, pg_port: int) -> Path:
     """The demo's mcp-gate.toml. Passwords are referenced through the environment."""
-    text = f"""# Written by `mcp-gate demo`; removed when the demo stops.
+    text = f"""# Written by `mcp-gate demo`; stays with its recording until the next demo.
 [server]
 listen = "127.0.0.1:{port}"
 policies = "{policies.as_posix()}"
@@ -94,9 +98,16 @@ description = "the demo shop: customers, orders, payments"
     return path
 
 
+#: What stays of the demo's folder once it stops: the recording and what reads and verifies
+#: it. An allowlist, so that a secret added later (tokens, signing, masking or state keys) goes.
+KEPT = frozenset({DEFAULT_CONFIG, ".mcp-gate", "audit-signing.pub"})
+STORE = Path(".mcp-gate") / "gate.db"
+
+
 @contextlib.contextmanager
 def demo_folder(root: Path) -> Iterator[Path]:
-    """`.mcp-gate-demo/`, created fresh and removed afterwards."""
+    """`.mcp-gate-demo/`, created fresh (a previous demo's recording is replaced); afterwards
+    `keep_recording` decides what stays."""
     folder = root / DEMO_DIR
     if folder.exists():
         shutil.rmtree(folder)
@@ -104,7 +115,23 @@ def demo_folder(root: Path) -> Iterator[Path]:
     try:
         yield folder
     finally:
+        keep_recording(folder)
+
+
+def keep_recording(folder: Path) -> bool:
+    """Remove all of `folder` but its recording (`KEPT`); all of it when nothing was
+    recorded. True when the recording stays."""
+    if not (folder / STORE).is_file():
         shutil.rmtree(folder, ignore_errors=True)
+        return False
+    for entry in folder.iterdir():
+        if entry.name in KEPT:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+    return True
 
 
 def _print_ready(
@@ -147,7 +174,7 @@ def _print_ready(
             "  mcp-gate approvals                 (live queue: a approve, d deny, ? help)\n",
             "  mcp-gate approvals list\n",
             "  mcp-gate approvals approve <id>    (or: deny <id> --reason '…')\n",
-            ("\nSee what was recorded, from this folder while the demo runs:\n", "bold"),
+            ("\nSee what was recorded, from this folder (after the demo stops, too):\n", "bold"),
             "  mcp-gate sessions list             (sessions, newest first)\n",
             "  mcp-gate replay <session id>       (calls, SQL, decisions, approvals, results)\n",
             "  mcp-gate audit verify              (exit 0 when no recorded row was altered)\n",
@@ -156,6 +183,7 @@ def _print_ready(
             "  mcp-gate token --sub bob --groups dba    (from this folder)\n",
             ("\nCtrl-C stops the gateway and PostgreSQL and removes ", "dim"),
             (f"{config.parent}", "dim"),
+            (" but its recording", "dim"),
         )
     )
 
@@ -199,6 +227,8 @@ def run_demo(console: Console, *, port: int, root: Path) -> int:
     if port and chosen != port:
         console.print(f"[yellow]127.0.0.1:{port} is in use:[/] the gateway listens on {chosen}")
     port = chosen
+    if (root / DEMO_DIR / STORE).is_file():
+        console.print(f"[yellow]Replacing the previous demo's recording[/] in {root / DEMO_DIR}")
     with demo_folder(root) as folder:
         with console.status("Starting an embedded PostgreSQL…"):
             server = start_embedded_postgres()
@@ -217,5 +247,11 @@ def run_demo(console: Console, *, port: int, root: Path) -> int:
         finally:
             with console.status("Stopping PostgreSQL and removing the demo files…"):
                 server.stop()
-    console.print("[green]✓[/] demo stopped and cleaned up")
+    console.print("[green]✓[/] demo stopped and cleaned up (PostgreSQL, tokens and keys removed)")
+    if (folder / STORE).is_file():
+        console.print(
+            f"  The recording stays in {folder}: mcp-gate sessions list, replay and audit "
+            "verify still work from this folder (the next demo replaces it).",
+            highlight=False,
+        )
     return 0
