@@ -69,6 +69,13 @@ def choose_port(wanted: int) -> int:
         return free_port()
 
 
+#: The demo's audit store, relative to its folder (its config names it).
+STORE = Path(".mcp-gate") / "gate.db"
+#: What stays of the demo's folder once it stops: the recording and what reads and verifies
+#: it. An allowlist, so that a secret added later (tokens, signing, masking or state keys) goes.
+KEPT = frozenset({DEFAULT_CONFIG, STORE.parts[0], "audit-signing.pub"})
+
+
 def write_config(folder: Path, policies: Path, port: int, pg_host: str, pg_port: int) -> Path:
     """The demo's mcp-gate.toml. Passwords are referenced through the environment."""
     text = f"""# Written by `mcp-gate demo`; stays with its recording until the next demo.
@@ -76,6 +83,7 @@ def write_config(folder: Path, policies: Path, port: int, pg_host: str, pg_port:
 listen = "127.0.0.1:{port}"
 policies = "{policies.as_posix()}"
 data_dir = "."
+store = "sqlite:///{STORE.as_posix()}"
 
 [auth]
 dev_issuer = true          # this gateway signs its own tokens: `mcp-gate token`
@@ -96,12 +104,6 @@ description = "the demo shop: customers, orders, payments"
     path = folder / "mcp-gate.toml"
     path.write_text(text)
     return path
-
-
-#: What stays of the demo's folder once it stops: the recording and what reads and verifies
-#: it. An allowlist, so that a secret added later (tokens, signing, masking or state keys) goes.
-KEPT = frozenset({DEFAULT_CONFIG, ".mcp-gate", "audit-signing.pub"})
-STORE = Path(".mcp-gate") / "gate.db"
 
 
 @contextlib.contextmanager
